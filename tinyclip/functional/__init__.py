@@ -1,0 +1,12 @@
+"""The kernels: every differentiable op, forward and backward side by side.
+
+Modules, in reading order: ``arithmetic`` (element-wise ops, activations, matmul,
+linear), ``shape`` (reshape, transpose, indexing, concatenate, split), ``reduce``
+(sum, mean, max, var), ``conv`` (conv2d, max_pool2d), ``norm`` (layer_norm,
+dropout), ``embedding``, ``loss`` (softmax, cross-entropy) and ``attention``.
+"""
+
+from .arithmetic import (add, cast, div, exp, gelu, linear, log, matmul, mul, neg, pow, relu,
+                         sigmoid, sqrt, sub, sum_to, tanh)
+from .reduce import max, mean, sum, var
+from .shape import concatenate, getitem, reshape, split, stack, transpose
