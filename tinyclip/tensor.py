@@ -26,6 +26,8 @@ import contextlib
 import heapq
 import itertools
 
+import numpy
+
 from . import backend
 
 # ---------------------------------------------------------------------------
@@ -361,11 +363,20 @@ def _accumulate(tensor: Tensor, grad) -> None:
 
 
 def as_tensor(x, like: Tensor | None = None) -> Tensor:
-    """``x`` as a Tensor; Python numbers take the dtype of ``like`` so float32 stays float32."""
+    """``x`` as a Tensor; numbers take the dtype of ``like`` so float32 stays float32.
+
+    A NumPy scalar (``np.sqrt(d)`` is a float64) counts as a number too, and a float
+    next to an integer tensor becomes the default float dtype rather than being truncated.
+    """
     if isinstance(x, Tensor):
         return x
+    if like is not None and isinstance(x, numpy.generic):
+        x = x.item()
     if like is not None and not hasattr(x, "dtype"):
-        return Tensor(like.xp.asarray(x, dtype=like.dtype))
+        dtype = like.dtype
+        if dtype.kind in "biu" and isinstance(x, float):
+            dtype = backend.default_dtype()
+        return Tensor(like.xp.asarray(x, dtype=dtype))
     return Tensor(x)
 
 

@@ -30,7 +30,10 @@ class Transpose(Function):
         self.axes = None if axes is None else tuple(axes)
 
     def forward(self, x):
-        axes = self.axes if self.axes is not None else tuple(reversed(range(x.ndim)))
+        if self.axes is None:
+            axes = tuple(reversed(range(x.ndim)))
+        else:  # negative axes count from the end; the inverse below needs them non-negative
+            axes = tuple(a % x.ndim for a in self.axes)
         self.inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
         return x.transpose(axes)
 

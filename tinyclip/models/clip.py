@@ -1,0 +1,137 @@
+"""CLIP: two towers mapped into one space, trained so that matching pairs lie close.
+
+For a batch of N pairs, the image and caption embeddings are L2-normalised and
+compared by cosine similarity, scaled by a learned temperature ``exp(logit_scale)``.
+Pair i should win row i (its caption among all captions) and column i (its image
+among all images): the symmetric cross-entropy of OpenAI's CLIP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from ..backend import to_numpy
+from ..data.images import normalize
+from ..functional.loss import cross_entropy, softmax
+from ..tensor import Tensor, no_grad
+from .config import CLIPConfig
+from .image_encoder import ImageEncoder
+from .text_encoder import TextEncoder
+
+INIT_LOGIT_SCALE = math.log(1 / 0.07)
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
+    """x / ‖x‖ along ``axis`` (eps keeps a zero vector finite)."""
+    return x / F.sqrt((x * x).sum(axis=axis, keepdims=True) + eps)
+
+
+def clip_loss(image_emb, text_emb, logit_scale):
+    """Symmetric contrastive loss of N matching pairs; embeddings ``(N, D)``, L2-normalised.
+
+    ``logits = exp(logit_scale) · image_emb @ text_embᵀ``;
+    ``loss = (CE(logits, arange N) + CE(logitsᵀ, arange N)) / 2``. Any N ≥ 1 works.
+    """
+    logits = F.exp(logit_scale) * (image_emb @ text_emb.T)
+    targets = logits.xp.arange(logits.shape[0])
+    return (cross_entropy(logits, targets) + cross_entropy(logits.T, targets)) * 0.5
+
+
+class CLIP(nn.Module):
+    """Image tower + text tower + a learnable temperature.
+
+    ``tokenizer`` (optional) lets ``similarity`` and ``embed_texts`` take raw captions.
+    """
+
+    def __init__(self, config: CLIPConfig, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.image_encoder = ImageEncoder(config)
+        self.text_encoder = TextEncoder(config)
+        self.logit_scale = nn.Parameter([INIT_LOGIT_SCALE])
+
+    def encode_image(self, images):
+        """``(N, 3, S, S)`` normalised images → ``(N, embed_dim)`` unit vectors."""
+        return l2_normalize(self.image_encoder(images))
+
+    def encode_text(self, ids, padding_mask):
+        """Token ids and padding mask ``(N, L)`` → ``(N, embed_dim)`` unit vectors."""
+        return l2_normalize(self.text_encoder(ids, padding_mask))
+
+    def forward(self, images, ids, padding_mask):
+        """The contrastive loss of a batch of matching pairs."""
+        return clip_loss(self.encode_image(images), self.encode_text(ids, padding_mask), self.logit_scale)
+
+    def clamp_logit_scale(self) -> None:
+        """Keep the temperature at most 100, as CLIP does after every optimizer step."""
+        data = self.logit_scale.data
+        data[...] = data.clip(None, MAX_LOGIT_SCALE)
+
+    @classmethod
+    def from_checkpoint(cls, run_dir, name: str = "best"):
+        """``(model, state)`` from ``run_dir/name.{npz,json}`` as written by ``tinyclip.train``.
+
+        ``state`` is the rest of the checkpoint: ``split`` (train/val/test indices),
+        ``ids`` (the pair ids in order), ``args``, ``epoch``, ``history``, ...
+        """
+        from ..checkpoint import load_checkpoint
+        from ..text import Tokenizer
+        state = load_checkpoint(run_dir, name)
+        model = cls(CLIPConfig.from_dict(state["config"]), Tokenizer.from_dict(state["tokenizer"]))
+        model.load_state_dict(state["model"])
+        model.eval()
+        return model, state
+
+    # ----- inference helpers -------------------------------------------------
+    def _image_input(self, images):
+        images = images.data if isinstance(images, Tensor) else images
+        xp = self.logit_scale.xp
+        if images.dtype == np.uint8:  # (N, S, S, 3) as decoded: normalise here
+            return Tensor(normalize(images, dtype=self.logit_scale.dtype, xp=xp))
+        return Tensor(xp.asarray(images, dtype=self.logit_scale.dtype))
+
+    def _text_input(self, captions):
+        if isinstance(captions, tuple):
+            return captions
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass (ids, padding_mask) instead of strings")
+        return self.tokenizer.encode(list(captions), self.config.max_len)
+
+    def embed_images(self, images, batch_size: int = 128) -> np.ndarray:
+        """Unit image embeddings ``(N, D)`` as NumPy, in eval mode and batches.
+
+        ``images``: uint8 ``(N, S, S, 3)`` as decoded, or normalised float ``(N, 3, S, S)``.
+        """
+        return self._embed(lambda s: self.encode_image(self._image_input(images[s])), len(images), batch_size)
+
+    def embed_texts(self, captions, batch_size: int = 256) -> np.ndarray:
+        """Unit caption embeddings ``(N, D)``; ``captions``: list of strings or ``(ids, padding_mask)``."""
+        ids, mask = self._text_input(captions)
+        xp = self.logit_scale.xp
+        return self._embed(lambda s: self.encode_text(xp.asarray(ids[s]), xp.asarray(mask[s])), len(ids), batch_size)
+
+    def _embed(self, encode, n: int, batch_size: int) -> np.ndarray:
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                parts = [to_numpy(encode(slice(i, i + batch_size)).data) for i in range(0, n, batch_size)]
+        finally:
+            self.train(was_training)
+        return np.concatenate(parts) if parts else np.zeros((0, self.config.embed_dim), np.float32)
+
+    def similarity(self, images, captions, axis: int = -1) -> np.ndarray:
+        """Softmax probabilities ``(n_images, n_captions)`` of ``exp(scale) · cos``.
+
+        ``axis=-1``: for each image, a distribution over the captions; ``axis=0``: for
+        each caption, a distribution over the images.
+        """
+        logits = float(np.exp(to_numpy(self.logit_scale.data)[0])) * (
+            self.embed_images(images) @ self.embed_texts(captions).T)
+        return to_numpy(softmax(Tensor(logits), axis=axis).data)

@@ -1,0 +1,304 @@
+"""``python -m tinyclip.train``: contrastive training of the CLIP model.
+
+One epoch: shuffle the training pairs, and for each batch compute the symmetric
+contrastive loss, backpropagate, clip gradients, take an optimizer step and clamp
+the temperature. After each epoch: the validation loss, a row of ``metrics.csv``,
+the ``last`` checkpoint, the ``best`` one when validation improved, and the
+loss-curve PNG. Training stops early after ``--patience`` epochs without
+improvement (small datasets overfit after a few epochs), or at once on a NaN loss.
+
+Run with ``--help`` for the options. ``--resume RUN_DIR`` continues a run exactly
+where its ``last`` checkpoint left it (same split, optimizer state, RNG state and
+step counter), so 2 epochs in one go equal 1 epoch + 1 resumed epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import backend, optim
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.images import normalize
+from .data.pairs import SOURCES, load_pairs, run_split
+from .data.split import iterate_batches
+from .models import CLIP, CLIPConfig
+from .tensor import Tensor, no_grad
+from .text import Tokenizer
+
+RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "lr", "optimizer", "weight_decay",
+             "warmup_steps", "grad_clip", "max_vocab", "min_freq", "patience", "split_seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tinyclip.train",
+        description="Train tinyclip's CLIP model (CNN image tower + transformer text tower) with the symmetric "
+                    "contrastive loss. Writes checkpoints (last, best), metrics.csv and loss_curve.png to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--data", choices=SOURCES, default="synthetic",
+                   help="synthetic: generated radiology-like pairs, nothing to download; roco: a ROCO folder")
+    d.add_argument("--data-dir", help="ROCO split folder with captions.txt, cuis.txt and images/ (for --data roco)")
+    d.add_argument("--num-samples", type=int, default=2000, help="number of synthetic pairs")
+    d.add_argument("--split-seed", type=int, default=0, help="seed of the 64/16/20 train/val/test split")
+    d.add_argument("--max-vocab", type=int, default=5000, help="tokenizer vocabulary size, padding and unknown included")
+    d.add_argument("--min-freq", type=int, default=1, help="words seen fewer times in training become <unk>")
+    d.add_argument("--cache-dir", help="where decoded ROCO images are cached (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
+    t = p.add_argument_group("training")
+    t.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    t.add_argument("--epochs", type=int, default=12, help="number of epochs (the total, also when resuming)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
+    t.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps, then cosine decay to 0 "
+                   "(with 0: a constant learning rate)")
+    t.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    t.add_argument("--patience", type=int, default=3,
+                   help="stop after this many epochs without a better validation loss (0: never stop early)")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout, shuffling and synthetic data")
+    t.add_argument("--device", choices=backend.DEVICES, default="auto", help="cpu (NumPy) or cuda (CuPy)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    m = p.add_argument_group("model")
+    defaults = CLIPConfig()
+    m.add_argument("--image-size", type=int, default=defaults.image_size)
+    m.add_argument("--conv-channels", type=_int_list, default=defaults.conv_channels,
+                   help="comma-separated channels of the conv blocks, e.g. 16,32,64,128,256")
+    m.add_argument("--text-layers", type=int, default=defaults.text_layers)
+    m.add_argument("--width", type=int, default=defaults.width, help="text tower width")
+    m.add_argument("--heads", type=int, default=defaults.heads)
+    m.add_argument("--ff-dim", type=int, default=defaults.ff_dim)
+    m.add_argument("--dropout", type=float, default=defaults.dropout)
+    m.add_argument("--embed-dim", type=int, default=defaults.embed_dim)
+    m.add_argument("--max-len", type=int, default=defaults.max_len)
+    return p
+
+
+def _int_list(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive channel counts, got {text!r}")
+    return values
+
+
+# ---------------------------------------------------------------------------
+# one step, one evaluation
+# ---------------------------------------------------------------------------
+
+def batch_tensors(model, images, ids, mask, index):
+    """The model inputs of the pairs at ``index``, on the model's device."""
+    xp = model.logit_scale.xp
+    return (Tensor(normalize(images[index], dtype=model.logit_scale.dtype, xp=xp)),
+            xp.asarray(ids[index]), xp.asarray(mask[index]))
+
+
+def validation_loss(model, images, ids, mask, index, batch_size: int) -> float:
+    """Mean contrastive loss over ``index`` in fixed batches (eval mode, no graph)."""
+    model.eval()
+    total, count = 0.0, 0
+    with no_grad():
+        for start in range(0, len(index), batch_size):
+            part = index[start:start + batch_size]
+            total += float(model(*batch_tensors(model, images, ids, mask, part)).item()) * len(part)
+            count += len(part)
+    model.train()
+    return total / max(count, 1)
+
+
+def learning_rate(args, step: int, total_steps: int) -> float:
+    if args.warmup_steps > 0:
+        return optim.warmup_cosine(step, args.lr, args.warmup_steps, total_steps)
+    return optim.constant(step, args.lr)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+
+def _plot_losses(history, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("contrastive loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _write_metrics(history, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss", "seconds", "lr"])
+        writer.writeheader()
+        for h in history:
+            writer.writerow({k: h[k] for k in writer.fieldnames})
+
+
+def run(args, log=print) -> dict:
+    """Train as ``args`` say; returns the run summary (history, best epoch, paths)."""
+    backend.set_default_device(args.device)
+    resumed = None
+    if args.resume:
+        resumed = load_checkpoint(args.resume, "last")
+        for key in RESUMABLE:  # the data, split and optimisation settings of the original run
+            setattr(args, key, resumed["args"][key])
+        args.out = args.resume
+    out = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    backend.manual_seed(args.seed)
+    frame, images = load_pairs(args.data, args.data_dir, image_size=args.image_size if not resumed else
+                               resumed["config"]["image_size"], num_samples=args.num_samples, seed=args.seed,
+                               cache_dir=args.cache_dir, progress=not args.no_progress)
+    split = run_split(len(frame), args.split_seed)
+    train_idx, val_idx = split["train"], split["val"]
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(f"{len(frame)} pairs are too few for a train/validation split")
+
+    if resumed:
+        config = CLIPConfig.from_dict(resumed["config"])
+        tokenizer = Tokenizer.from_dict(resumed["tokenizer"])
+    else:
+        tokenizer = Tokenizer.fit(frame["caption"].iloc[train_idx], max_vocab=args.max_vocab, min_freq=args.min_freq)
+        config = CLIPConfig(image_size=args.image_size, conv_channels=args.conv_channels,
+                            vocab_size=tokenizer.vocab_size, max_len=args.max_len, width=args.width,
+                            text_layers=args.text_layers, heads=args.heads, ff_dim=args.ff_dim,
+                            dropout=args.dropout, embed_dim=args.embed_dim)
+    ids, mask = tokenizer.encode(list(frame["caption"]), config.max_len)
+
+    model = CLIP(config, tokenizer)
+    opt_class = optim.AdamW if args.optimizer == "adamw" else optim.Adam
+    optimizer = opt_class(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    shuffle_rng = np.random.default_rng(args.seed)
+    history, step, best = [], 0, math.inf
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        shuffle_rng.bit_generator.state = resumed["shuffle_rng"]
+        backend.set_rng_state(resumed["rng"])
+        history, step, best = resumed["history"], resumed["step"], resumed["best_val_loss"]
+    steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    log(f"tinyclip.train: {len(frame)} pairs ({args.data}), train {len(train_idx)} / val {len(val_idx)} / "
+        f"test {len(split['test'])}; vocabulary {tokenizer.vocab_size}; {model.num_parameters():,} parameters; "
+        f"device {backend.default_device()}; out {out}")
+    log(f"chance level of the validation loss: ln(batch size) = {math.log(min(args.batch_size, len(val_idx))):.3f}")
+
+    def checkpoint_state(epoch):
+        return {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "args": {k: getattr(args, k) for k in RESUMABLE},
+                "split": {k: v.tolist() for k, v in split.items()}, "ids": list(frame["id"]),
+                "epoch": epoch, "step": step, "best_val_loss": best, "history": history,
+                "rng": backend.rng_state(), "shuffle_rng": shuffle_rng.bit_generator.state}
+
+    start_epoch = len(history)
+    since_best = _epochs_since_best(history)
+    stopped = None
+    for epoch in range(start_epoch + 1, args.epochs + 1):
+        if args.patience and since_best >= args.patience:
+            stopped = f"early stop: no better validation loss for {since_best} epochs"
+            break
+        t0 = time.perf_counter()
+        model.train()
+        losses = []
+        batches = iterate_batches(len(train_idx), args.batch_size, rng=shuffle_rng, shuffle=True)
+        bar = _progress(batches, steps_per_epoch, f"epoch {epoch}/{args.epochs}", disable=args.no_progress)
+        for batch in bar:
+            optimizer.lr = learning_rate(args, step, total_steps)
+            loss = model(*batch_tensors(model, images, ids, mask, train_idx[batch]))
+            value = float(loss.item())
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"loss became {value} at epoch {epoch}, step {step}: training stopped; "
+                                    f"the last good checkpoint is kept in {out}")
+            optimizer.zero_grad()
+            loss.backward()
+            if args.grad_clip > 0:
+                optim.clip_grad_norm(model.parameters(), args.grad_clip)
+            optimizer.step()
+            model.clamp_logit_scale()
+            step += 1
+            losses.append(value)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        val = validation_loss(model, images, ids, mask, val_idx, args.batch_size)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val,
+               "seconds": round(time.perf_counter() - t0, 2), "lr": optimizer.lr}
+        history.append(row)
+        improved = val < best
+        best = min(best, val)
+        since_best = 0 if improved else since_best + 1
+        save_checkpoint(out, "last", checkpoint_state(epoch))
+        if improved:
+            save_checkpoint(out, "best", checkpoint_state(epoch))
+        _write_metrics(history, out / "metrics.csv")
+        _plot_losses(history, out / "loss_curve.png")
+        log(f"epoch {epoch}: train {row['train_loss']:.4f}  val {val:.4f}{'  (best)' if improved else ''}  "
+            f"{row['seconds']:.1f}s")
+    if stopped:
+        log(stopped)
+    best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"] if history else None
+    log(f"done: best validation loss {best:.4f} at epoch {best_epoch}; checkpoints in {out}")
+    return {"out": out, "history": history, "best_val_loss": best, "best_epoch": best_epoch}
+
+
+def _epochs_since_best(history) -> int:
+    """How many epochs have passed since the best validation loss so far."""
+    if not history:
+        return 0
+    losses = [h["val_loss"] for h in history]
+    return len(losses) - 1 - int(np.argmin(losses))
+
+
+def _progress(iterable, total, desc, disable):
+    if disable:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+            run(args)
+    except NonFiniteLoss as e:
+        print(f"tinyclip.train: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, KeyError) as e:
+        print(f"tinyclip.train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinyclip.train: interrupted; the last finished epoch's checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
