@@ -1,6 +1,6 @@
 """tinyclip: a from-scratch, readable NumPy/CuPy CLIP for medical images and captions."""
 
-from . import backend, functional
+from . import backend, functional, nn, optim
 from .backend import (get_array_module, manual_seed, set_default_device, set_default_dtype, to_device,
                       to_numpy)
 from .gradcheck import GradcheckError, gradcheck

@@ -92,10 +92,10 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
                     delta = t.xp.asarray(flat.reshape(x0.shape))
                     numeric = (loss_at(delta) - loss_at(-delta)) / (2 * eps)
                     flat[i] = 0.0
-                    got = grad.reshape(-1)[i]
+                    got = float(grad.reshape(-1)[i])
                     if not abs(got - numeric) <= atol + rtol * abs(numeric):
                         t.data = x0
-                        where = np.unravel_index(i, x0.shape)
+                        where = tuple(int(j) for j in np.unravel_index(i, x0.shape))  # (1, 2), not np.int64s
                         raise GradcheckError(
                             f"gradcheck failed for input {index} (shape {x0.shape}) at element {where}: "
                             f"backward gives {got!r}, finite differences give {numeric!r}\n"

@@ -234,6 +234,8 @@ class Tensor:
             if fn is None:
                 return
             if fn not in pending:
+                if getattr(fn, "inputs", None) is None:  # freed by an earlier backward
+                    raise RuntimeError(_FREED)
                 pending[fn] = [None] * len(fn.output_meta)
                 heapq.heappush(heap, (-fn.generation, next(_call_order), fn))
             slot = pending[fn]

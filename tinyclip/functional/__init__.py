@@ -10,3 +10,8 @@ from .arithmetic import (add, cast, div, exp, gelu, linear, log, matmul, mul, ne
                          sigmoid, sqrt, sub, sum_to, tanh)
 from .reduce import max, mean, sum, var
 from .shape import concatenate, getitem, reshape, split, stack, transpose
+from .conv import conv2d, max_pool2d
+from .norm import dropout, layer_norm
+from .embedding import embedding
+from .loss import binary_cross_entropy_with_logits, cross_entropy, log_softmax, softmax
+from .attention import scaled_dot_product_attention

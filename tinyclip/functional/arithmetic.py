@@ -94,6 +94,8 @@ class Pow(Function):
         return x ** self.p
 
     def backward(self, gy):
+        if self.p == 0:  # y = 1 is constant; x^(p-1) would be inf at x = 0 and give nan
+            return get_array_module(gy).zeros_like(gy)
         return gy * self.p * self.x ** (self.p - 1)
 
 

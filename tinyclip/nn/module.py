@@ -95,14 +95,21 @@ class Module:
         for _, module in self.named_modules():
             yield module
 
-    def named_parameters(self, prefix: str = ""):
-        """(dotted name, parameter), e.g. ``blocks.0.attn.q_proj.weight``; a shared parameter appears once."""
-        seen = set()
-        for module_name, module in self.named_modules(prefix):
-            for name, value in vars(module).items():
-                if isinstance(value, Parameter) and id(value) not in seen:
-                    seen.add(id(value))
-                    yield (f"{module_name}.{name}" if module_name else name), value
+    def named_parameters(self, prefix: str = "", _seen=None):
+        """(dotted name, parameter) in assignment order, e.g. ``blocks.0.attn.q_proj.weight``.
+
+        A parameter or module reachable twice (shared) is listed once, under its first name.
+        """
+        seen = set() if _seen is None else _seen
+        for name, value in vars(self).items():
+            if id(value) in seen or not isinstance(value, (Parameter, Module)):
+                continue
+            seen.add(id(value))
+            full = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, Parameter):
+                yield full, value
+            else:
+                yield from value.named_parameters(full, seen)
 
     def parameters(self):
         for _, param in self.named_parameters():

@@ -1,0 +1,179 @@
+"""The CLIP model: tower shapes, the contrastive loss by hand, gradients end to end, overfitting a batch."""
+
+import math
+
+import numpy as np
+import pytest
+
+import tinyclip
+from tinyclip import Tensor, backend, gradcheck
+from tinyclip.models import CLIP, CLIPConfig, ImageEncoder, TextEncoder, clip_loss
+from tinyclip.models.clip import INIT_LOGIT_SCALE, MAX_LOGIT_SCALE
+
+TINY = dict(image_size=16, conv_channels=(4, 8), vocab_size=30, max_len=8, width=16, text_layers=1,
+            heads=2, ff_dim=32, dropout=0.1, embed_dim=12)
+
+
+def tiny_batch(n, config, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((n, 3, config.image_size, config.image_size)).astype(backend.default_dtype())
+    ids = rng.integers(2, config.vocab_size, size=(n, config.max_len))
+    lengths = rng.integers(1, config.max_len + 1, size=n)
+    mask = np.arange(config.max_len)[None, :] >= lengths[:, None]
+    ids[mask] = 0
+    return images, ids, mask
+
+
+def test_tower_shapes():
+    config = CLIPConfig(**TINY)
+    images, ids, mask = tiny_batch(3, config)
+    assert ImageEncoder(config)(Tensor(images)).shape == (3, 12)
+    assert TextEncoder(config)(ids, mask).shape == (3, 12)
+    model = CLIP(config)
+    img, txt = model.encode_image(Tensor(images)), model.encode_text(ids, mask)
+    np.testing.assert_allclose(np.linalg.norm(img.numpy(), axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(txt.numpy(), axis=1), 1, rtol=1e-5)
+
+
+def test_reference_sizes_give_report_shapes():
+    config = CLIPConfig()  # the report's model
+    model = CLIP(config)
+    assert model.image_encoder.proj.weight.shape == (4 * 4 * 256, 128)
+    assert len(model.text_encoder.blocks) == 5
+    assert math.isclose(float(model.logit_scale.data[0]), INIT_LOGIT_SCALE, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(image_size=18), "divisible by 2\\*\\*2"),
+    (dict(width=15), "not divisible by heads"),
+    (dict(dropout=1.0), "outside"),
+])
+def test_config_validation(bad, message):
+    with pytest.raises(ValueError, match=message):
+        CLIPConfig(**{**TINY, **bad})
+
+
+def test_image_encoder_rejects_wrong_shape():
+    config = CLIPConfig(**TINY)
+    with pytest.raises(ValueError, match="expects images of shape"):
+        ImageEncoder(config)(Tensor(np.zeros((2, 3, 8, 8), np.float32)))
+
+
+def numpy_clip_loss(img, txt, scale):
+    logits = np.exp(scale) * img @ txt.T
+
+    def ce(z):
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -np.mean(np.diag(logp))
+
+    return (ce(logits) + ce(logits.T)) / 2
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_clip_loss_matches_numpy(n):
+    rng = np.random.default_rng(n)
+    img = rng.standard_normal((n, 6))
+    txt = rng.standard_normal((n, 6))
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    scale = np.array([INIT_LOGIT_SCALE])
+    got = clip_loss(Tensor(img), Tensor(txt), Tensor(scale)).item()
+    assert math.isclose(got, numpy_clip_loss(img, txt, scale[0]), rel_tol=1e-10)
+
+
+def test_clip_loss_gradcheck():
+    rng = np.random.default_rng(0)
+    gradcheck(lambda a, b, s: clip_loss(a, b, s), [rng.standard_normal((4, 5)), rng.standard_normal((4, 5)),
+                                                 np.array([0.7])])
+
+
+def test_tiny_clip_gradcheck_end_to_end():
+    with backend.default_dtype_as(np.float64):
+        tinyclip.manual_seed(0)
+        config = CLIPConfig(**{**TINY, "dropout": 0.0})
+        model = CLIP(config)
+        images, ids, mask = tiny_batch(3, config)
+        names = [name for name, _ in model.named_parameters()]
+        originals = [p.data for p in model.parameters()]
+
+        def loss_of(images_t, *weights):
+            # Put gradcheck's tensors in the parameters' places, so their grads are the ones checked.
+            for name, w in zip(names, weights):
+                *path, leaf = name.split(".")
+                owner = model
+                for part in path:
+                    owner = getattr(owner, part)
+                object.__setattr__(owner, leaf, w)
+            return model(images_t, ids, mask)
+
+        # One random direction per input keeps the check at two forward passes each.
+        gradcheck(loss_of, [images] + originals, directions=2, atol=1e-6, rtol=1e-4)
+
+
+def test_overfit_one_batch():
+    tinyclip.manual_seed(0)
+    config = CLIPConfig(**{**TINY, "dropout": 0.0})
+    model = CLIP(config)
+    images, ids, mask = tiny_batch(6, config, seed=1)
+    opt = tinyclip.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(120):
+        loss = model(Tensor(images), ids, mask)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.clamp_logit_scale()
+    assert first > 1.0
+    assert loss.item() < 0.05
+
+
+def test_logit_scale_is_clamped():
+    model = CLIP(CLIPConfig(**TINY))
+    model.logit_scale.data[...] = 10.0
+    model.clamp_logit_scale()
+    assert math.isclose(float(model.logit_scale.data[0]), MAX_LOGIT_SCALE, rel_tol=1e-6)
+
+
+def test_float32_step_has_no_float64():
+    """Every parameter, activation and gradient of a float32 training step is float32."""
+    config = CLIPConfig(**TINY)
+    model = CLIP(config)
+    images, ids, mask = tiny_batch(4, config)
+    seen = []
+    original_call = tinyclip.Function.__call__
+
+    def spy(self, *inputs):
+        out = original_call(self, *inputs)
+        for t in out if isinstance(out, tuple) else (out,):
+            if t.dtype.kind == "f":
+                seen.append((type(self).__name__, t.dtype))
+        return out
+
+    tinyclip.Function.__call__ = spy
+    try:
+        loss = model(Tensor(images), ids, mask)
+    finally:
+        tinyclip.Function.__call__ = original_call
+    loss.backward()
+    opt = tinyclip.optim.Adam(model.parameters(), lr=1e-3)
+    opt.step()
+    assert seen and all(dtype == np.float32 for _, dtype in seen), {n for n, d in seen if d != np.float32}
+    for name, p in model.named_parameters():
+        assert p.dtype == np.float32, name
+        assert p.grad is not None and p.grad.dtype == np.float32, name
+
+
+def test_embed_and_similarity_helpers():
+    from tinyclip.text import Tokenizer
+    captions = ["axial ct of the chest", "mri of the brain", "ultrasound of the liver"]
+    tok = Tokenizer.fit(captions)
+    config = CLIPConfig(**{**TINY, "vocab_size": tok.vocab_size})
+    model = CLIP(config, tok)
+    images = np.random.default_rng(0).integers(0, 255, size=(3, 16, 16, 3), dtype=np.uint8)
+    probs = model.similarity(images, captions)
+    assert probs.shape == (3, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    assert model.training  # helpers restore the mode they found
+    assert model.embed_images(images, batch_size=2).shape == (3, 12)

@@ -1,0 +1,292 @@
+"""Convolution and max-pooling over image batches, each op's forward and backward together.
+
+Layouts: PyTorch's NCHW by default, or channels-last NHWC with ``channels_last=True``, the
+fast path that the image tower uses (it transposes its input once). The conv weight is always
+PyTorch's ``(O, C, kh, kw)``, so state dicts carry over unchanged.
+
+conv2d is one matrix product (im2col). Copy the kh×kw window under every output pixel into a
+row of a patch matrix; each output pixel is then a dot product of its row with each filter:
+
+    x (N, H, W, C) ──im2col──► cols (N·Ho·Wo, kh·kw·C) ──@ Wᵀ (kh·kw·C, O)──► y (N·Ho·Wo, O) = (N, Ho, Wo, O)
+
+Backward is the same product, transposed:  dW = gyᵀ @ cols,  db = Σ gy,  dcols = gy @ W, and
+``col2im`` adds each row of dcols back onto the window it was copied from, giving dx.
+
+Sizes follow PyTorch (floor mode): ``Ho = (H + 2·padding - kh) // stride + 1``.
+"""
+
+from __future__ import annotations
+
+from ..backend import device_of, get_array_module
+from ..tensor import Function, is_grad_enabled
+
+
+def _pair(value) -> tuple:
+    """An int or a pair of ints → a pair (rows, columns)."""
+    if isinstance(value, int):
+        return value, value
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output length of a convolution or pooling along one axis: (size + 2·padding - kernel) // stride + 1."""
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"kernel {kernel} does not fit an input of size {size} with padding {padding}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# a pool of scratch arrays
+# ---------------------------------------------------------------------------
+
+class _Workspace:
+    """Big scratch arrays (the patch matrices) kept from one training step to the next.
+
+    A fresh 100 MB array costs ≈ 20 ms of page faults when it is first written; a reused one
+    does not. Each array has one owner at a time: ``take`` removes it from the pool, ``give``
+    puts it back when the owner is done with it. NumPy only (CuPy has its own memory pool).
+    """
+
+    min_bytes = 1 << 20   # small arrays are cheap to allocate: not worth keeping
+    max_bytes = 1 << 30   # never hold more than this in total
+
+    def __init__(self):
+        self.free = {}    # (shape, dtype) -> list of arrays
+        self.nbytes = 0
+
+    def take(self, xp, shape, dtype):
+        stack = self.free.get((tuple(shape), xp.dtype(dtype).str)) if xp.__name__ == "numpy" else None
+        if stack:
+            array = stack.pop()
+            self.nbytes -= array.nbytes
+            return array
+        return xp.empty(shape, dtype=dtype)
+
+    def give(self, array) -> None:
+        if (array is None or device_of(array) != "cpu" or array.base is not None
+                or array.nbytes < self.min_bytes or self.nbytes + array.nbytes > self.max_bytes):
+            return
+        self.free.setdefault((array.shape, array.dtype.str), []).append(array)
+        self.nbytes += array.nbytes
+
+    def clear(self) -> None:
+        self.free.clear()
+        self.nbytes = 0
+
+
+_workspace = _Workspace()
+
+
+def clear_workspace() -> None:
+    """Free the scratch arrays that conv2d keeps between steps (up to 1 GiB)."""
+    _workspace.clear()
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im (channels-last)
+# ---------------------------------------------------------------------------
+
+def _pad(x, ph: int, pw: int):
+    """x (N, H, W, C) with ph zero rows and pw zero columns on each side, as a new contiguous array."""
+    xp = get_array_module(x)
+    if ph == 0 and pw == 0:
+        return xp.ascontiguousarray(x)
+    N, H, W, C = x.shape
+    out = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
+    out[:, ph:ph + H, pw:pw + W] = x
+    return out
+
+
+def im2col(x, kernel_size, stride=1, padding=0, out=None):
+    """The patch matrix of a channels-last batch: x (N, H, W, C) → cols (N·Ho·Wo, kh·kw·C).
+
+    Row ``(n·Ho + ho)·Wo + wo`` holds the window under output pixel (n, ho, wo), columns
+    ordered (i, j, c):  ``cols[row, (i·kw + j)·C + c] = x_padded[n, ho·sh + i, wo·sw + j, c]``.
+    ``out``: an optional C-contiguous (N·Ho·Wo, kh·kw·C) array to fill instead of a new one.
+    """
+    xp = get_array_module(x)
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    N, H, W, C = x.shape
+    Ho, Wo = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
+    x = _pad(x, ph, pw)
+    # A view with one axis per window offset, made of strides alone (no copy):
+    # windows[n, ho, wo, i, j] is the C-vector x[n, ho·sh + i, wo·sw + j]. The one copy is the next line's.
+    sN, sH, sW, sC = x.strides
+    windows = xp.lib.stride_tricks.as_strided(x, (N, Ho, Wo, kh, kw, C), (sN, sH * sh, sW * sw, sH, sW, sC))
+    if out is None:
+        out = xp.empty((N * Ho * Wo, kh * kw * C), dtype=x.dtype)
+    out.reshape(N, Ho, Wo, kh, kw, C)[...] = windows
+    return out
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
+    """The adjoint of im2col: add each row of cols (N·Ho·Wo, kh·kw·C) onto its window → (N, H, W, C).
+
+    Where windows overlap their contributions add up, so ``col2im(dcols)`` is the gradient of
+    ``im2col``. One vectorised slice-add per kernel offset (i, j), kh·kw in all.
+    """
+    xp = get_array_module(cols)
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    N, H, W, C = x_shape
+    Ho, Wo = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
+    patches = cols.reshape(N, Ho, Wo, kh, kw, C)
+    out = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # Offset (i, j) of every window at once: the pixels i, i+sh, ... and j, j+sw, ...
+            out[:, i:i + sh * Ho:sh, j:j + sw * Wo:sw] += patches[:, :, :, i, j]
+    if ph or pw:
+        out = xp.ascontiguousarray(out[:, ph:ph + H, pw:pw + W])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# conv2d
+# ---------------------------------------------------------------------------
+
+class Conv2d(Function):
+    """y = x ⋆ W + b as one product  y = im2col(x) @ Wᵀ + b;
+    dW = gyᵀ @ im2col(x),  db = Σ gy,  dx = col2im(gy @ W)
+
+    x (N, C, H, W), or (N, H, W, C) channels-last; weight (O, C, kh, kw); bias (O,).
+    """
+
+    def __init__(self, stride, padding, channels_last: bool):
+        self.stride, self.padding, self.channels_last = _pair(stride), _pair(padding), channels_last
+
+    def forward(self, x, weight, bias=None):
+        xp = get_array_module(x)
+        if x.ndim != 4 or weight.ndim != 4:
+            raise ValueError(f"conv2d needs a 4-D input and weight, got {x.shape} and {weight.shape}")
+        if not self.channels_last:
+            x = x.transpose(0, 2, 3, 1)  # a view; im2col's padding copy makes it contiguous NHWC
+        N, H, W, C = x.shape
+        O, C_in, kh, kw = weight.shape
+        if C != C_in:
+            raise ValueError(f"conv2d: input has {C} channels, weight expects {C_in}")
+        Ho = conv_output_size(H, kh, self.stride[0], self.padding[0])
+        Wo = conv_output_size(W, kw, self.stride[1], self.padding[1])
+
+        cols = im2col(x, (kh, kw), self.stride, self.padding,
+                      out=_workspace.take(xp, (N * Ho * Wo, kh * kw * C), x.dtype))
+        # The weight as a matrix whose columns follow cols' (i, j, c) order: (O, kh·kw·C).
+        w_mat = weight.transpose(0, 2, 3, 1).reshape(O, kh * kw * C)
+        y = cols @ w_mat.T  # (N·Ho·Wo, O): already the channels-last output
+        if bias is not None:
+            y += bias
+
+        if is_grad_enabled() and any(self.needs_input_grad):
+            self.x, self.cols, self.w_mat = x, cols, w_mat
+            self.kernel, self.has_bias = (kh, kw), bias is not None
+        else:
+            _workspace.give(cols)  # no backward will come: the buffer is free again
+        y = y.reshape(N, Ho, Wo, O)
+        return y if self.channels_last else xp.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        if not self.channels_last:
+            gy = gy.transpose(0, 2, 3, 1)
+        O = gy.shape[-1]
+        gy = gy.reshape(-1, O)  # (N·Ho·Wo, O); a copy when gy came in NCHW
+        cols = self.cols
+        if cols is None:  # a second backward (retain_graph): the first one gave the buffer back
+            cols = im2col(self.x, self.kernel, self.stride, self.padding)
+        self.cols = None
+
+        gx = gw = gb = None
+        if self.needs_input_grad[1]:
+            kh, kw = self.kernel
+            gw_mat = gy.T @ cols  # (O, kh·kw·C)
+            gw = xp.ascontiguousarray(gw_mat.reshape(O, kh, kw, -1).transpose(0, 3, 1, 2))
+        if self.has_bias and self.needs_input_grad[2]:
+            gb = gy.sum(axis=0)
+        if self.needs_input_grad[0]:
+            # cols is no longer needed, so dcols is written into its buffer.
+            dcols = xp.matmul(gy, self.w_mat, out=cols)
+            gx = col2im(dcols, self.x.shape, self.kernel, self.stride, self.padding)
+            if not self.channels_last:
+                gx = xp.ascontiguousarray(gx.transpose(0, 3, 1, 2))
+        _workspace.give(cols)
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, channels_last: bool = False):
+    """2-D convolution (cross-correlation, as PyTorch), zero padding.
+
+    x: (N, C, H, W), or (N, H, W, C) with ``channels_last=True``; weight: (O, C, kh, kw);
+    bias: (O,) or None; stride, padding: an int or a pair (rows, columns).
+    Returns (N, O, Ho, Wo), or (N, Ho, Wo, O) channels-last.
+    """
+    fn = Conv2d(stride, padding, channels_last)
+    return fn(x, weight) if bias is None else fn(x, weight, bias)
+
+
+# ---------------------------------------------------------------------------
+# max_pool2d
+# ---------------------------------------------------------------------------
+
+class MaxPool2d(Function):
+    """y = the maximum of each kh×kw window;  dx = gy at the window's first maximum, 0 elsewhere
+
+    Works offset by offset: the element at offset (i, j) of every window is one strided slice
+    of x, so the max is kh·kw element-wise ``maximum``s, with no loop over windows or pixels.
+    """
+
+    def __init__(self, kernel_size, stride, channels_last: bool):
+        self.kernel = _pair(kernel_size)
+        self.stride = self.kernel if stride is None else _pair(stride)
+        self.channels_last = channels_last
+
+    def _offset(self, i: int, j: int):
+        """Index of the element at offset (i, j) of every window: a strided slice of the input."""
+        (sh, sw), (Ho, Wo) = self.stride, self.out_size
+        rows, cols = slice(i, i + sh * (Ho - 1) + 1, sh), slice(j, j + sw * (Wo - 1) + 1, sw)
+        return (slice(None), rows, cols) if self.channels_last else (Ellipsis, rows, cols)
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        if x.ndim != 4:
+            raise ValueError(f"max_pool2d needs a 4-D input, got shape {x.shape}")
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        H, W = x.shape[1:3] if self.channels_last else x.shape[2:4]
+        self.out_size = conv_output_size(H, kh, sh), conv_output_size(W, kw, sw)
+        offsets = [(i, j) for i in range(kh) for j in range(kw)]
+
+        y = x[self._offset(0, 0)].copy()
+        for i, j in offsets[1:]:
+            xp.maximum(y, x[self._offset(i, j)], out=y)
+
+        # Which offset holds each window's maximum: the first one, so on ties exactly one element
+        # gets the gradient. Walking the offsets backwards, the last match written is the first.
+        argmax = xp.full(y.shape, len(offsets) - 1, dtype=xp.uint8 if len(offsets) <= 256 else xp.int32)
+        for o in range(len(offsets) - 2, -1, -1):
+            hit = x[self._offset(*offsets[o])] == y
+            # argmax = where(hit, o, argmax), done in place (twice as fast as where); argmax >= o here.
+            argmax -= hit * (argmax - o)
+        self.argmax, self.offsets, self.x_shape = argmax, offsets, x.shape
+        return y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        gx = xp.zeros(self.x_shape, dtype=gy.dtype)
+        overlapping = self.stride[0] < self.kernel[0] or self.stride[1] < self.kernel[1]
+        for o, (i, j) in enumerate(self.offsets):
+            if overlapping:  # an input element can be in several windows: contributions add
+                gx[self._offset(i, j)] += gy * (self.argmax == o)
+            else:
+                xp.multiply(gy, self.argmax == o, out=gx[self._offset(i, j)])
+        return gx
+
+
+def max_pool2d(x, kernel_size=2, stride=None, channels_last: bool = False):
+    """Max-pooling over kh×kw windows (floor mode: a remainder that fits no window is dropped).
+
+    x: (N, C, H, W), or (N, H, W, C) with ``channels_last=True``; kernel_size, stride: an int or a
+    pair; stride defaults to kernel_size. Returns (N, C, Ho, Wo), or (N, Ho, Wo, C).
+    """
+    return MaxPool2d(kernel_size, stride, channels_last)(x)

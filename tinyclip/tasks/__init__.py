@@ -1,0 +1,65 @@
+"""Downstream tasks of a trained CLIP: each is a module with ``run(ctx: EvalContext) -> dict``.
+
+``TASKS`` maps the name used on the command line (``python -m tinyclip.evaluate
+--task NAME``) to the module that implements it. Modules are imported only when
+their task runs (``get_task``), so a task with heavy or missing dependencies
+does not slow down or break the others.
+
+A task that cannot run with the inputs it was given (no chest X-ray data, no
+captions that name a modality, ...) raises ``TaskSkipped`` with the reason:
+``--task all`` then records the reason and moves on, while a single ``--task``
+fails with that reason as its error message.
+
+The few numeric helpers every zero-shot task needs (a stable softmax, the
+model's temperature) live here too.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+TASKS = {
+    "retrieval": "tinyclip.tasks.retrieval",
+    "modality": "tinyclip.tasks.modality",
+    "pneumonia-zeroshot": "tinyclip.tasks.pneumonia",
+    "fewshot": "tinyclip.tasks.fewshot",
+    "cui": "tinyclip.tasks.cui",
+}
+
+# what each task is about, for --help
+DESCRIPTIONS = {
+    "retrieval": "image→text and text→image recall@1/5/10 and median/mean rank on the evaluation pairs",
+    "modality": "zero-shot imaging modality (CT, MRI, ultrasound, fluoroscopy, X-ray, angiography) from "
+                "prompts; labels parsed from the captions",
+    "pneumonia-zeroshot": "zero-shot normal vs pneumonia on chest X-rays (--chest-dir, --pneumonia-npz, or "
+                          "synthetic ones for a synthetic run)",
+    "fewshot": "few-shot linear probes on the image embeddings (--shots, --seeds)",
+    "cui": "UMLS concept (CUI) prediction from the embeddings",
+}
+
+
+class TaskSkipped(RuntimeError):
+    """The task cannot run on these inputs; the message says why."""
+
+
+def get_task(name: str):
+    """The module of task ``name`` (imported now)."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[name])
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``exp(x) / Σ exp(x)`` along ``axis``, computed after subtracting the max so it cannot overflow."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def temperature(model) -> float:
+    """The learned logit scale ``exp(logit_scale)`` that multiplies cosine similarities."""
+    from ..backend import to_numpy
+    return float(np.exp(to_numpy(model.logit_scale.data).reshape(-1)[0]))

@@ -1,0 +1,34 @@
+"""What every downstream task receives: the trained model and the pairs to evaluate on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..models import CLIP
+
+
+@dataclass
+class EvalContext:
+    """Inputs of a task's ``run(ctx) -> dict``.
+
+    ``frame``/``images``: the evaluation pairs (``--split test``: the test part of the
+    run's own split; ``--split all``: every pair of the given folder), images uint8
+    ``(N, S, S, 3)`` aligned with the rows. ``train_frame``/``train_images``: the
+    run's training part, for tasks that fit a head (CUI classifiers). ``out``: where
+    figures go. ``options``: task options from the command line (prompt file, seeds,
+    chest X-ray folder, ...), a dict.
+    """
+
+    model: CLIP
+    state: dict
+    frame: pd.DataFrame
+    images: np.ndarray
+    train_frame: pd.DataFrame
+    train_images: np.ndarray
+    out: Path
+    options: dict = field(default_factory=dict)
+    seed: int = 0

@@ -1,0 +1,354 @@
+"""Classifier heads on top of the trained model, the one loop that trains them, and their metrics.
+
+The downstream tasks (few-shot pneumonia, concept classifiers) all do the same
+thing: take inputs (usually frozen CLIP features, sometimes token ids), fit a small
+``Module`` that outputs logits, and score its predictions. This file holds the
+shared parts, in reading order:
+
+* heads: ``mlp_head`` (two dense ReLU layers + a linear output) and ``linear_head``
+  (logistic / softmax regression);
+* ``fit``: Adam on shuffled mini-batches, early stopping on a held-out part of the
+  training data, best weights restored; ``predict``: logits in eval mode;
+* metrics as plain NumPy functions: accuracy, ROC AUC, per-class / macro / micro F1;
+* frozen features: a fingerprint of the model's weights, standardisation, and a
+  cache of computed features (in memory and as an ``.npz`` next to the results).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import nn, optim
+from ..backend import to_numpy
+from ..functional.loss import binary_cross_entropy_with_logits, cross_entropy
+from ..tensor import Tensor, no_grad
+
+LOSSES = ("binary", "multiclass", "multilabel")
+
+
+# ---------------------------------------------------------------------------
+# heads
+# ---------------------------------------------------------------------------
+
+def mlp_head(in_features: int, out_features: int, hidden=(128, 64), dropout: float = 0.0) -> nn.Sequential:
+    """``Linear → ReLU → Linear → ReLU → Linear`` (one Linear + ReLU per entry of ``hidden``).
+
+    ``(N, in_features)`` → logits ``(N, out_features)``; with ``out_features = 1`` and a
+    sigmoid this is the report's few-shot classifier.
+    """
+    layers, width = [], in_features
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = int(h)
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+def linear_head(in_features: int, out_features: int) -> nn.Linear:
+    """Logistic regression (``out_features = 1``, sigmoid) or softmax regression: ``x @ W + b``."""
+    return nn.Linear(in_features, out_features)
+
+
+# ---------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------
+
+def holdout_split(targets: np.ndarray, fraction: float, seed: int, stratify: bool = True):
+    """``(train_idx, val_idx)``: a seeded, per-class (when ``stratify``) share ``fraction`` held out.
+
+    Each class keeps at least one example in the training part.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(targets)
+    if not stratify:
+        order = rng.permutation(n)
+        cut = int(round(fraction * n))
+        return np.sort(order[cut:]), np.sort(order[:cut])
+    val = []
+    for c in np.unique(targets):
+        members = rng.permutation(np.flatnonzero(targets == c))
+        val.append(members[:min(int(round(fraction * len(members))), len(members) - 1)])
+    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(n), val), val
+
+
+def _loss(logits, targets, kind: str):
+    if kind == "binary":
+        return binary_cross_entropy_with_logits(logits.reshape(-1), targets)
+    if kind == "multiclass":
+        return cross_entropy(logits, targets)
+    return binary_cross_entropy_with_logits(logits, targets)
+
+
+def _to_device(model, arrays, targets=None, kind=None):
+    """Model inputs on the model's device: float arrays become Tensors, others (ids, masks) stay arrays."""
+    param = next(iter(model.parameters()))
+    xp = param.xp
+    inputs = tuple(Tensor(xp.asarray(a, dtype=param.dtype)) if a.dtype.kind == "f" else xp.asarray(a)
+                   for a in arrays)
+    if targets is None:
+        return inputs
+    targets = xp.asarray(targets, dtype=np.int64 if kind == "multiclass" else param.dtype)
+    return inputs, targets
+
+
+def _batch(inputs, index, prepare):
+    arrays = tuple(np.asarray(a[index]) for a in inputs)
+    return prepare(*arrays) if prepare is not None else arrays
+
+
+def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 64,
+        steps: int = 500, epochs: int | None = None, val_fraction: float = 0.2, min_val: int = 10,
+        patience: int = 10, seed: int = 0, prepare=None, log=None) -> dict:
+    """Train ``model`` (its outputs are logits) on ``inputs`` → ``targets`` with Adam; returns a summary.
+
+    ``inputs``: one array or a tuple of arrays with the same first axis N (float arrays
+    are passed as Tensors, integer/bool ones such as token ids and masks as arrays);
+    ``prepare(*batch_arrays) -> arrays`` may reshape a batch first (e.g. trim padding).
+    ``kind``: ``binary`` (targets (N,) in {0, 1}, logits (N, 1), sigmoid + BCE),
+    ``multiclass`` (int targets (N,), logits (N, C), softmax + cross-entropy) or
+    ``multilabel`` (targets (N, K) in {0, 1}, sigmoid + BCE per label).
+
+    At most ``steps`` Adam steps (``epochs`` full passes instead, when given) on
+    shuffled mini-batches. A share ``val_fraction`` of the rows (per class for
+    binary/multiclass) is held out; its loss is measured once per epoch (at least
+    every 10 steps), training stops after ``patience`` checks without improvement and
+    the best weights are put back. When the held-out part would have fewer than
+    ``min_val`` rows (tiny few-shot sets), nothing is held out and the full budget of
+    steps is used: weight decay is then what keeps the head from memorising.
+    """
+    if kind not in LOSSES:
+        raise ValueError(f"kind must be one of {LOSSES}, got {kind!r}")
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    targets = np.asarray(targets)
+    n = len(targets)
+    if n == 0 or any(len(a) != n for a in inputs):
+        raise ValueError(f"fit: need matching, non-empty inputs and targets, got {[len(a) for a in inputs]} and {n}")
+    t0 = time.perf_counter()
+    train_idx, val_idx = np.arange(n), np.zeros(0, np.int64)
+    if val_fraction > 0 and int(round(val_fraction * n)) >= min_val:
+        train_idx, val_idx = holdout_split(targets, val_fraction, seed, stratify=kind != "multilabel")
+    batch_size = max(1, min(batch_size, len(train_idx)))
+    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    total = epochs * steps_per_epoch if epochs is not None else steps
+    check_every = max(min(steps_per_epoch, total), min(10, total))
+
+    optimizer = optim.Adam(list(model.parameters()), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    best, best_state, since_best, history = math.inf, None, 0, []
+    step, losses, stopped_early = 0, [], False
+    model.train()
+    while step < total and not stopped_early:
+        order = train_idx[rng.permutation(len(train_idx))]
+        for start in range(0, len(order), batch_size):
+            x, t = _to_device(model, _batch(inputs, order[start:start + batch_size], prepare),
+                              targets[order[start:start + batch_size]], kind)
+            loss = _loss(model(*x), t, kind)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.item()))
+            step += 1
+            if len(val_idx) and (step % check_every == 0 or step == total):
+                val = evaluate_loss(model, inputs, targets, kind, val_idx, prepare=prepare)
+                history.append({"step": step, "train_loss": float(np.mean(losses[-check_every:])), "val_loss": val})
+                if log:
+                    log(f"  step {step}/{total}: train {history[-1]['train_loss']:.4f}  held-out {val:.4f}")
+                if val < best - 1e-6:
+                    best, best_state, since_best = val, model.state_dict(), 0
+                else:
+                    since_best += 1
+                    if since_best >= patience:
+                        stopped_early = True
+                model.train()
+            if step >= total or stopped_early:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"steps": step, "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+            "best_val_loss": best if best_state is not None else None, "stopped_early": stopped_early,
+            "final_train_loss": float(np.mean(losses[-steps_per_epoch:])) if losses else None,
+            "history": history, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def evaluate_loss(model, inputs, targets, kind: str, index=None, batch_size: int = 512, prepare=None) -> float:
+    """Mean loss over the rows ``index`` (all by default), in eval mode without a graph."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    index = np.arange(len(targets)) if index is None else np.asarray(index)
+    model.eval()
+    total = 0.0
+    with no_grad():
+        for start in range(0, len(index), batch_size):
+            part = index[start:start + batch_size]
+            x, t = _to_device(model, _batch(inputs, part, prepare), np.asarray(targets)[part], kind)
+            total += float(_loss(model(*x), t, kind).item()) * len(part)
+    return total / max(len(index), 1)
+
+
+def predict(model, inputs, batch_size: int = 512, prepare=None) -> np.ndarray:
+    """Logits of ``model`` on all rows of ``inputs`` as a NumPy array (eval mode, no graph)."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    model.eval()
+    parts = []
+    with no_grad():
+        for start in range(0, len(inputs[0]), batch_size):
+            part = np.arange(start, min(start + batch_size, len(inputs[0])))
+            parts.append(to_numpy(model(*_to_device(model, _batch(inputs, part, prepare))).data))
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) = 1 / (1 + e^(-x)), written with tanh so that large |x| never overflows."""
+    return 0.5 + 0.5 * np.tanh(0.5 * np.asarray(x, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------
+# metrics (NumPy, by definition)
+# ---------------------------------------------------------------------------
+
+def accuracy(y_true, y_pred) -> float:
+    """Share of rows where the predicted label equals the true one."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"accuracy: shapes differ, {y_true.shape} vs {y_pred.shape}")
+    return float((y_true == y_pred).mean()) if y_true.size else float("nan")
+
+
+def roc_auc(y_true, scores) -> float:
+    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties count ½.
+
+    Computed from ranks (Mann-Whitney U): ``(Σ ranks of positives - P(P+1)/2) / (P·N)``,
+    with tied scores sharing their average rank. NaN when one class is absent.
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, neg = int(y_true.sum()), int((~y_true).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    # average the ranks inside each group of equal scores
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, count in zip(first, counts):
+        if count > 1:
+            ranks[order[start:start + count]] = start + (count + 1) / 2
+    return float((ranks[y_true].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def _f1(tp, fp, fn) -> np.ndarray:
+    """F1 = 2TP / (2TP + FP + FN) element-wise; 0 where the denominator is 0 (sklearn's zero_division=0)."""
+    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+
+
+def per_class_f1(y_true, y_pred, labels) -> dict:
+    """{label: {"f1", "precision", "recall", "support"}} for single-label predictions."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out = {}
+    for c in labels:
+        tp = int(((y_pred == c) & (y_true == c)).sum())
+        fp = int(((y_pred == c) & (y_true != c)).sum())
+        fn = int(((y_pred != c) & (y_true == c)).sum())
+        out[c] = {"f1": float(_f1(tp, fp, fn)), "precision": tp / (tp + fp) if tp + fp else 0.0,
+                  "recall": tp / (tp + fn) if tp + fn else 0.0, "support": tp + fn}
+    return out
+
+
+def macro_f1(y_true, y_pred, labels=None) -> float:
+    """Unweighted mean of the per-class F1 of single-label predictions.
+
+    ``labels`` default: every label that occurs in ``y_true`` or ``y_pred`` (as sklearn does).
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels = np.union1d(y_true, y_pred) if labels is None else labels
+    if len(labels) == 0:
+        return float("nan")
+    return float(np.mean([v["f1"] for v in per_class_f1(y_true, y_pred, labels).values()]))
+
+
+def multilabel_f1(y_true, y_pred) -> dict:
+    """Micro and macro F1 of 0/1 matrices ``(N, K)``, and the F1 of each of the K labels.
+
+    micro: one F1 from TP, FP, FN summed over all labels (frequent labels weigh more);
+    macro: the mean of the K per-label F1s (a label never true nor predicted scores 0).
+    """
+    y_true, y_pred = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2:
+        raise ValueError(f"multilabel_f1: expected two (N, K) matrices, got {y_true.shape} and {y_pred.shape}")
+    tp = (y_true & y_pred).sum(axis=0)
+    fp = (~y_true & y_pred).sum(axis=0)
+    fn = (y_true & ~y_pred).sum(axis=0)
+    per_label = _f1(tp, fp, fn)
+    return {"micro_f1": float(_f1(tp.sum(), fp.sum(), fn.sum())),
+            "macro_f1": float(per_label.mean()) if per_label.size else float("nan"),
+            "per_label_f1": per_label.tolist()}
+
+
+# ---------------------------------------------------------------------------
+# frozen features
+# ---------------------------------------------------------------------------
+
+_MEMORY: dict = {}  # cache key → {name: array}, for reruns inside one process
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the model's configuration and every weight: equal iff the checkpoint is the same."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(*parts) -> str:
+    """A short hash of JSON-serialisable ``parts`` (model fingerprint, data description, ...)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_arrays(out_dir, prefix: str, key: str, compute):
+    """``(arrays, from_cache)``: ``compute()``'s dict of arrays, kept in memory and in ``out_dir/prefix-key.npz``.
+
+    A rerun in the same process or on the same output folder with the same ``key``
+    loads instead of recomputing (feature extraction is the slow part of the tasks).
+    """
+    if key in _MEMORY:
+        return _MEMORY[key], True
+    path = Path(out_dir) / f"{prefix}-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            _MEMORY[key] = arrays
+            return arrays, True
+        except (OSError, ValueError):
+            pass  # a damaged file: compute again and overwrite it
+    arrays = {k: np.asarray(v) for k, v in compute().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    _MEMORY[key] = arrays
+    return arrays, False
+
+
+def standardize(reference: np.ndarray, *arrays: np.ndarray, eps: float = 1e-6):
+    """Each of ``arrays`` as ``(x - mean) / std`` with per-column statistics of ``reference``, float32.
+
+    Adam-trained heads learn faster on unit-scale inputs; unit CLIP embeddings have
+    entries of about ``1/√D``.
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    mean, std = reference.mean(axis=0), reference.std(axis=0) + eps
+    return tuple(((np.asarray(a, dtype=np.float64) - mean) / std).astype(np.float32) for a in arrays)

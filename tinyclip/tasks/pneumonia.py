@@ -1,0 +1,175 @@
+"""Zero-shot pneumonia: normal vs pneumonia chest X-rays from two text prompts, no labels used.
+
+Each class is described by a prompt ("normal", "pneumonia" by default; several
+per class are averaged OpenCLIP's way, see ``modality.class_vectors``), and an
+image gets ``p = softmax(s · cos(image, class vector))``. Predicted class: the
+more probable one; ``p(pneumonia)`` is the score for the ROC AUC.
+
+Test images, the first that is given:
+
+* ``chest_dir`` (``--chest-dir``): the Kermany et al. folder, its ``test/NORMAL``
+  and ``test/PNEUMONIA`` images;
+* ``pneumonia_npz`` (``--pneumonia-npz``): the PneumoniaMNIST test split, grey
+  28 px upsampled to the model's image size;
+* a run trained on synthetic data: 400 synthetic chest X-rays
+  (``make_synthetic_chest_xray``, seed + 2000: the test set the few-shot task uses).
+
+Metrics: accuracy, balanced accuracy (mean of the two recalls, which the class
+imbalance of Kermany's test set, 390 vs 234, cannot flatter), ROC AUC by the rank
+statistic, and the majority-class baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import TaskSkipped, figures, softmax, temperature
+from .modality import class_vectors, embed_prompts
+
+CLASS_NAMES = ("normal", "pneumonia")
+DEFAULT_PROMPTS = {"normal": ["normal"], "pneumonia": ["pneumonia"]}
+SYNTHETIC_TEST = 400
+SYNTHETIC_SEED_OFFSET = 2000
+
+
+# ---------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values`` in ascending order; tied values share the mean of their ranks."""
+    _, inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)                 # rank of the last member of each group of equal values
+    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve by the rank statistic (Mann–Whitney U).
+
+    AUC = P(score of a random positive > score of a random negative), a tie
+    counting ½: ``(Σ ranks of positives − P(P+1)/2) / (P·N)`` with average ranks
+    for ties. NaN when one class is missing.
+    """
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    r = average_ranks(scores)
+    return float((r[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every threshold, from (0, 0) to (1, 1)."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    # one point per distinct threshold: the last position of each run of equal scores
+    cut = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
+    tp, fp = np.cumsum(y)[cut], np.cumsum(~y)[cut]
+    return (np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)])
+
+
+def binary_scores(labels, predictions) -> dict:
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    recalls = [float((predictions[labels == c] == c).mean()) for c in (0, 1) if (labels == c).any()]
+    return {"accuracy": float((labels == predictions).mean()),
+            "balanced_accuracy": float(np.mean(recalls)),
+            "sensitivity": float((predictions[labels == 1] == 1).mean()) if (labels == 1).any() else None,
+            "specificity": float((predictions[labels == 0] == 0).mean()) if (labels == 0).any() else None}
+
+
+# ---------------------------------------------------------------------------
+# data and prompts
+# ---------------------------------------------------------------------------
+
+def load_test_images(options: dict, image_size: int, run_data: str, seed: int = 0):
+    """``(images uint8 (N, S, S, 3), labels int (N,), source name)``; see the module doc for the order."""
+    if options.get("chest_dir"):
+        from ..data.chest_xray import load_kermany
+        from ..data.images import default_cache_dir, load_images
+        frame = load_kermany(options["chest_dir"], "test")
+        images, ok = load_images(list(frame["image"]), image_size,
+                                 cache_dir=options.get("cache_dir") or default_cache_dir())
+        if not ok.all():
+            warnings.warn(f"skipped {int((~ok).sum())} undecodable images in {options['chest_dir']}")
+        return np.asarray(images[ok]), frame["label"].to_numpy()[ok], "kermany"
+    if options.get("pneumonia_npz"):
+        from ..data.chest_xray import gray_to_rgb, load_pneumoniamnist
+        data = load_pneumoniamnist(options["pneumonia_npz"])
+        return gray_to_rgb(data["test_images"], image_size), data["test_labels"], "pneumoniamnist"
+    if run_data == "synthetic":
+        from ..data.synthetic import make_synthetic_chest_xray
+        images, labels = make_synthetic_chest_xray(SYNTHETIC_TEST, image_size, seed=seed + SYNTHETIC_SEED_OFFSET)
+        return images, labels, "synthetic"
+    raise TaskSkipped("no chest X-rays: give --chest-dir (Kermany folder) or --pneumonia-npz (PneumoniaMNIST); "
+                      "synthetic ones are used only for runs trained on synthetic data")
+
+
+def parse_prompts(value) -> dict:
+    """``{"normal": [...], "pneumonia": [...]}`` from None (the defaults), a dict, a JSON file, or
+    a string ``"normal prompt; pneumonia prompt"``."""
+    if value is None:
+        return {k: list(v) for k, v in DEFAULT_PROMPTS.items()}
+    if isinstance(value, (str, Path)) and str(value).endswith(".json"):
+        path = Path(value)
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"pneumonia prompt file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"pneumonia prompt file {path} is not valid JSON: {e}") from None
+    elif isinstance(value, str):
+        parts = [p.strip() for p in value.split(";")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"pneumonia prompts: expected 'normal prompt; pneumonia prompt', got {value!r}")
+        value = {"normal": [parts[0]], "pneumonia": [parts[1]]}
+    if not isinstance(value, dict) or set(value) != set(CLASS_NAMES):
+        raise ValueError(f"pneumonia prompts: expected the classes {list(CLASS_NAMES)}, got {value!r}")
+    out = {}
+    for c in CLASS_NAMES:
+        prompts = [value[c]] if isinstance(value[c], str) else list(value[c])
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError(f"pneumonia prompts: class {c!r} needs at least one non-empty prompt")
+        out[c] = prompts
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the task
+# ---------------------------------------------------------------------------
+
+def zero_shot_probs(model, images: np.ndarray, prompts: dict, batch_size: int = 128) -> np.ndarray:
+    """``(N, 2)`` probabilities of normal / pneumonia."""
+    image_emb = model.embed_images(images, batch_size).astype(np.float64)
+    vectors = class_vectors(embed_prompts(model, prompts))
+    return softmax(temperature(model) * image_emb @ vectors.T, axis=1)
+
+
+def run(ctx) -> dict:
+    options = ctx.options
+    prompts = parse_prompts(options.get("pneumonia_prompts"))
+    run_data = (ctx.state.get("args") or {}).get("data", "")
+    images, labels, source = load_test_images(options, ctx.model.config.image_size, run_data, ctx.seed)
+    if len(labels) == 0:
+        raise TaskSkipped(f"no chest X-rays in the {source} test set")
+    probs = zero_shot_probs(ctx.model, images, prompts, int(options.get("batch_size", 128)))
+    predictions = probs.argmax(axis=1)
+    n_pos = int((labels == 1).sum())
+    result = {"source": source, "n": int(len(labels)), "n_normal": int(len(labels) - n_pos), "n_pneumonia": n_pos,
+              **binary_scores(labels, predictions), "roc_auc": roc_auc(labels, probs[:, 1]),
+              "majority_baseline": float(max(n_pos, len(labels) - n_pos) / len(labels)),
+              "predicted_pneumonia_share": float(predictions.mean()), "prompts": prompts}
+    fpr, tpr = roc_points(labels, probs[:, 1])
+    figures.roc_curve(ctx.out / "pneumonia_roc.png", fpr, tpr, result["roc_auc"],
+                      title=f"zero-shot pneumonia ({source}, n={len(labels)})")
+    show = np.concatenate([np.flatnonzero(labels == c)[:4] for c in (0, 1)])
+    figures.image_grid(ctx.out / "pneumonia_examples.png", images[show], labels[show], probs[show], CLASS_NAMES,
+                       title=f"zero-shot pneumonia: prompts {prompts['normal']} vs {prompts['pneumonia']}")
+    result["figures"] = ["pneumonia_roc.png", "pneumonia_examples.png"]
+    return result
