@@ -104,8 +104,12 @@ def build_tinyclip(case: dict, device: str):
 
     import tinyclip
     from tinyclip import Tensor, nn
-    from tinyclip.functional import arithmetic, conv, embedding, loss, norm
+    from tinyclip.functional.arithmetic import linear, relu
     from tinyclip.functional.attention import scaled_dot_product_attention
+    from tinyclip.functional.conv import conv2d, max_pool2d
+    from tinyclip.functional.embedding import embedding
+    from tinyclip.functional.loss import cross_entropy
+    from tinyclip.functional.norm import dropout, layer_norm
 
     rng = np.random.default_rng(0)
 
@@ -118,16 +122,16 @@ def build_tinyclip(case: dict, device: str):
         channels_last = case["layout"] == "NHWC"
         x = leaf(n, s, s, ci, grad=case["input_grad"]) if channels_last else leaf(n, ci, s, s, grad=case["input_grad"])
         w, b = leaf(co, ci, 3, 3), leaf(co)
-        return (lambda: conv.conv2d(x, w, b, stride=1, padding=1, channels_last=channels_last)), [x, w, b]
+        return (lambda: conv2d(x, w, b, stride=1, padding=1, channels_last=channels_last)), [x, w, b]
     if kind == "maxpool":
         x = leaf(case["n"], case["side"], case["side"], case["c"])
-        return (lambda: conv.max_pool2d(x, 2, channels_last=True)), [x]
+        return (lambda: max_pool2d(x, 2, channels_last=True)), [x]
     if kind == "relu":
         x = leaf(*case["shape"])
-        return (lambda: arithmetic.relu(x)), [x]
+        return (lambda: relu(x)), [x]
     if kind == "linear":
         x, w, b = leaf(case["rows"], case["fan_in"]), leaf(case["fan_in"], case["fan_out"]), leaf(case["fan_out"])
-        return (lambda: arithmetic.linear(x, w, b)), [x, w, b]
+        return (lambda: linear(x, w, b)), [x, w, b]
     if kind == "sdpa":
         n, length, heads = case["n"], case["length"], case["heads"]
         q, k, v = (leaf(n, heads, length, case["width"] // heads) for _ in range(3))
@@ -141,18 +145,18 @@ def build_tinyclip(case: dict, device: str):
         return (lambda: module(x, key_padding_mask=mask)), [x] + list(module.parameters())
     if kind == "layernorm":
         x, w, b = leaf(*case["shape"]), leaf(case["shape"][-1]), leaf(case["shape"][-1])
-        return (lambda: norm.layer_norm(x, w, b)), [x, w, b]
+        return (lambda: layer_norm(x, w, b)), [x, w, b]
     if kind == "dropout":
         x = leaf(*case["shape"])
-        return (lambda: norm.dropout(x, 0.1, training=True)), [x]
+        return (lambda: dropout(x, 0.1, training=True)), [x]
     if kind == "embedding":
         table = leaf(case["vocab"], case["width"])
         ids = tinyclip.to_device(rng.integers(0, case["vocab"], size=(case["n"], case["length"])), device)
-        return (lambda: embedding.embedding(ids, table)), [table]
+        return (lambda: embedding(ids, table)), [table]
     if kind == "cross_entropy":
         logits = leaf(case["n"], case["n"])
         targets = tinyclip.to_device(np.arange(case["n"]), device)
-        return (lambda: loss.cross_entropy(logits, targets)), [logits]
+        return (lambda: cross_entropy(logits, targets)), [logits]
     raise ValueError(kind)
 
 
@@ -326,7 +330,7 @@ def main(argv=None) -> None:
     for round_index in range(args.rounds):
         for fw in (frameworks if round_index % 2 == 0 else frameworks[::-1]):
             print(f"  round {round_index + 1}/{args.rounds}: {fw}", file=sys.stderr, flush=True)
-            results[fw].append(run_worker(Path(__file__), dict(spec, framework=fw, row="all ops")))
+            results[fw].append(run_worker(Path(__file__), dict(spec, framework=fw)))
 
     header = ["op", "tinyclip fwd ms"]
     if use_torch:

@@ -23,7 +23,8 @@ How it measures, so the numbers can be trusted on a shared, noisy machine:
 
 - every (row, framework) pair runs in a fresh subprocess, so its peak RSS
   (``getrusage(RUSAGE_SELF).ru_maxrss``) is that configuration's alone; on a GPU the peak is
-  the CuPy memory pool's (``torch.cuda.max_memory_allocated`` for torch);
+  the CuPy memory pool's (``torch.cuda.max_memory_allocated`` for torch). ``--quick`` runs
+  all rows in one subprocess per framework instead, so there the peak is cumulative;
 - the thread count is fixed before NumPy or torch is imported in the subprocess
   (OMP/OPENBLAS/MKL_NUM_THREADS, and ``torch.set_num_threads``), the same for both;
 - tinyclip and torch alternate: within a round each row runs tinyclip then torch, and the
@@ -137,7 +138,7 @@ def run_worker(script: Path, spec: dict) -> dict:
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    what = {k: spec[k] for k in ("framework", "row") if k in spec}
+    what = {k: spec[k] for k in ("framework", "rows") if k in spec}
     raise RuntimeError(f"worker {what} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-5000:]}")
 
 
@@ -223,6 +224,7 @@ def random_unit_rows(n: int, dim: int, seed: int = 1):
 # ---------------------------------------------------------------------------
 
 def tinyclip_worker(spec: dict) -> dict:
+    """Time ``spec["rows"]`` (one row, except with --quick) in tinyclip; the peak memory after each row."""
     import numpy as np
 
     import tinyclip
@@ -231,33 +233,30 @@ def tinyclip_worker(spec: dict) -> dict:
     from tinyclip.optim import Adam
     rss_after_import = peak_rss_bytes()
 
-    cfg, row, device = spec["cfg"], spec["row"], spec["device"]
+    cfg, device = spec["cfg"], spec["device"]
     tinyclip.manual_seed(0)
     model = CLIP(CLIPConfig(**{k: cfg[k] for k in MODEL_KEYS}))
     on_device = lambda a: tinyclip.to_device(a, device)  # noqa: E731
     peak = {"bytes": 0}
-
     if device == "cuda":
         import cupy
         pool = cupy.get_default_memory_pool()
+        sync = cupy.cuda.Device().synchronize
 
-        def sync():
-            cupy.cuda.Device().synchronize()
-
-        def sample_memory():  # the pool keeps what it allocated, so its size after a step is the step's peak
+        def sample_memory():  # the pool keeps the blocks it allocated, so its size after a step is the step's peak
             peak["bytes"] = max(peak["bytes"], pool.total_bytes())
     else:
         sync = sample_memory = lambda: None  # noqa: E731
 
-    if row == "inference":
-        images, ids, mask = make_inputs(cfg, cfg["infer_n"])
-        images, ids, mask = on_device(images), on_device(ids), on_device(mask)
+    def time_row(row):
+        if row == "inference":
+            images, ids, mask = (on_device(a) for a in make_inputs(cfg, cfg["infer_n"]))
 
-        def run():  # embed_images / embed_texts switch to eval and no_grad themselves
-            model.embed_images(images, batch_size=cfg["infer_batch"])
-            model.embed_texts((ids, mask), batch_size=cfg["infer_batch"])
-        times = time_calls(run, 1, spec["infer_steps"], sync, sample_memory)
-    else:
+            def run():  # embed_images / embed_texts switch to eval mode and no_grad themselves
+                model.embed_images(images, batch_size=cfg["infer_batch"])
+                model.embed_texts((ids, mask), batch_size=cfg["infer_batch"])
+            return time_calls(run, 1, spec["infer_steps"], sync, sample_memory)
+
         images, ids, mask = make_inputs(cfg, cfg["batch"])
         images, ids, mask = Tensor(on_device(images)), on_device(ids), on_device(mask)
         other = Tensor(on_device(random_unit_rows(cfg["batch"], cfg["embed_dim"])))
@@ -279,43 +278,44 @@ def tinyclip_worker(spec: dict) -> dict:
             with no_grad():
                 optimizer.step()
             model.clamp_logit_scale()
-        times = time_calls(step, spec["warmup"], spec["steps"], sync, sample_memory)
+        return time_calls(step, spec["warmup"], spec["steps"], sync, sample_memory)
 
-    return {"times": times, "peak_bytes": peak["bytes"] if device == "cuda" else peak_rss_bytes(),
-            "rss_after_import": rss_after_import, "version": f"numpy {np.__version__}"}
+    rows = {}
+    for row in spec["rows"]:
+        times = time_row(row)
+        rows[row] = {"times": times, "peak_bytes": peak["bytes"] if device == "cuda" else peak_rss_bytes()}
+    return {"rows": rows, "rss_after_import": rss_after_import, "version": f"numpy {np.__version__}"}
 
 
 def torch_worker(spec: dict) -> dict:
+    """The same rows with the PyTorch twin of the model (``torch_reference.CLIP``)."""
     import torch
 
     import torch_reference as ref
     torch.set_num_threads(spec["threads"])
     rss_after_import = peak_rss_bytes()
 
-    cfg, row, device = spec["cfg"], spec["row"], spec["device"]
+    cfg, device = spec["cfg"], spec["device"]
     torch.manual_seed(0)
     model = ref.CLIP(argparse.Namespace(**cfg)).to(device)
     on_device = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    if device == "cuda":
-        sync = torch.cuda.synchronize
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        sync = lambda: None  # noqa: E731
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    if row == "inference":
-        images, ids, mask = (on_device(a) for a in make_inputs(cfg, cfg["infer_n"]))
-        step_size = cfg["infer_batch"]
+    def time_row(row):
+        if row == "inference":
+            images, ids, mask = (on_device(a) for a in make_inputs(cfg, cfg["infer_n"]))
+            size = cfg["infer_batch"]
 
-        def run():
-            model.eval()
-            with torch.no_grad():
-                for i in range(0, len(images), step_size):
-                    model.encode_image(images[i:i + step_size]).cpu()
-                for i in range(0, len(ids), step_size):
-                    model.encode_text(ids[i:i + step_size], mask[i:i + step_size]).cpu()
-            model.train()
-        times = time_calls(run, 1, spec["infer_steps"], sync)
-    else:
+            def run():  # as tinyclip's embed_images / embed_texts: eval mode, no graph, batches
+                model.eval()
+                with torch.no_grad():
+                    for i in range(0, len(images), size):
+                        model.encode_image(images[i:i + size]).cpu()
+                    for i in range(0, len(ids), size):
+                        model.encode_text(ids[i:i + size], mask[i:i + size]).cpu()
+                model.train()
+            return time_calls(run, 1, spec["infer_steps"], sync)
+
         images, ids, mask = (on_device(a) for a in make_inputs(cfg, cfg["batch"]))
         other = on_device(random_unit_rows(cfg["batch"], cfg["embed_dim"]))
         if row == "full step":
@@ -335,11 +335,16 @@ def torch_worker(spec: dict) -> dict:
             loss.backward()
             optimizer.step()
             model.clamp_logit_scale()
-        times = time_calls(step, spec["warmup"], spec["steps"], sync)
+        return time_calls(step, spec["warmup"], spec["steps"], sync)
 
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()
-    return {"times": times, "peak_bytes": peak, "rss_after_import": rss_after_import,
-            "version": f"torch {torch.__version__}"}
+    rows = {}
+    for row in spec["rows"]:
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = time_row(row)
+        rows[row] = {"times": times,
+                     "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()}
+    return {"rows": rows, "rss_after_import": rss_after_import, "version": f"torch {torch.__version__}"}
 
 
 def check_worker(spec: dict) -> dict:
@@ -454,19 +459,27 @@ def main(argv=None) -> None:
           f"load average {load_average()} at the start")
     if not use_torch:
         print("torch is not " + ("used (--no-torch)" if args.no_torch else "installed") + ": tinyclip alone")
+    if args.quick:
+        print("--quick: all rows run in one subprocess per framework, so the peak memory column is cumulative")
     for line in run_worker(Path(__file__), dict(base, framework="check", torch=use_torch))["lines"]:
         print(line)
     sys.stdout.flush()
 
+    # One subprocess per (row, framework), so each peak RSS is that configuration's own; --quick runs all
+    # rows in one subprocess per framework (seconds instead of a minute; its peak RSS is then cumulative).
+    groups = [[row] for row in rows] if not args.quick else [rows]
     results = {(fw, row): [] for fw in frameworks for row in rows}
+    workers = {fw: [] for fw in frameworks}
     for round_index in range(args.rounds):
-        for row in rows:
+        for group in groups:
             order = frameworks if round_index % 2 == 0 else frameworks[::-1]
             for fw in order:
-                result = run_worker(Path(__file__), dict(base, framework=fw, row=row))
-                results[fw, row].append(result)
-                print(f"  round {round_index + 1}/{args.rounds}  {row:<17} {fw:<8} "
-                      f"median {fmt_ms(median_ms(result['times'])):>6} ms", file=sys.stderr, flush=True)
+                result = run_worker(Path(__file__), dict(base, framework=fw, rows=group))
+                workers[fw].append(result)
+                for row in group:
+                    results[fw, row].append(result["rows"][row])
+                    print(f"  round {round_index + 1}/{args.rounds}  {row:<17} {fw:<8} "
+                          f"median {fmt_ms(median_ms(result['rows'][row]['times'])):>6} ms", file=sys.stderr, flush=True)
 
     memory = "peak GPU mem" if args.device == "cuda" else "peak RSS"
     header = ["row", "GFLOP", "tinyclip ms", "GFLOP/s tinyclip"]
@@ -477,19 +490,19 @@ def main(argv=None) -> None:
     table = []
     for row in rows:
         gflop = row_gflop(cfg, row)
-        cells, ms = [row, f"{gflop:.1f}"], {}
+        cells, ms = [row, f"{gflop:.3g}"], {}
         for fw in frameworks:
             ms[fw] = median_ms([t for r in results[fw, row] for t in r["times"]])
-        cells += [fmt_ms(ms["tinyclip"]), f"{gflop / ms['tinyclip'] * 1000:.0f}"]
+        cells += [fmt_ms(ms["tinyclip"]), f"{gflop / ms['tinyclip'] * 1000:.3g}"]
         if use_torch:
-            cells += [fmt_ms(ms["torch"]), f"{gflop / ms['torch'] * 1000:.0f}", fmt_ratio(ms["tinyclip"], ms["torch"])]
+            cells += [fmt_ms(ms["torch"]), f"{gflop / ms['torch'] * 1000:.3g}", fmt_ratio(ms["tinyclip"], ms["torch"])]
         cells += [fmt_mib(max(r["peak_bytes"] for r in results[fw, row])) for fw in frameworks]
         table.append(cells)
     print()
     print(markdown_table(header, table))
     print()
-    versions = "; ".join(f"{fw} worker: {results[fw, rows[0]][0]['version']}, "
-                         f"RSS right after imports {fmt_mib(results[fw, rows[0]][0]['rss_after_import'])}"
+    versions = "; ".join(f"{fw} worker: {workers[fw][0]['version']}, "
+                         f"RSS right after imports {fmt_mib(workers[fw][0]['rss_after_import'])}"
                          for fw in frameworks)
     print(f"{versions}. GFLOP: conv/linear/attention matmuls, ×3 for forward+backward (inference: ×1). "
           f"Load average {load_average()} at the end.")

@@ -17,7 +17,7 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def run_script(name, *args):
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", "--device", "cpu", *args],
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", "--device", "cpu", "--threads", "1", *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout

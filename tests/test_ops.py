@@ -13,7 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tinyclip import Function, GradcheckError, Tensor, functional as F, gradcheck
+from tinyclip import Function, GradcheckError, Tensor, backend, functional as F, gradcheck
+
+
+@pytest.fixture(autouse=True)
+def _on_the_cpu(monkeypatch):
+    """These tests compare with NumPy directly, so new tensors stay on the CPU even where a GPU is."""
+    monkeypatch.setitem(backend._state, "device", "cpu")
 
 FEW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOME = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -616,7 +622,6 @@ def test_gradcheck_needs_a_differentiable_output():
 
 
 def test_gradcheck_restores_the_default_dtype_after_failure():
-    from tinyclip import backend
     with pytest.raises(GradcheckError):
         gradcheck(lambda x: _SquareForgotTwo()(x), [np.array([1.0])])
     assert backend.default_dtype() is np.float32

@@ -11,6 +11,12 @@ from tinyclip import Function, Tensor, backend, functional as F, no_grad
 from tinyclip.tensor import is_grad_enabled
 
 
+@pytest.fixture(autouse=True)
+def _on_the_cpu(monkeypatch):
+    """These tests compare with NumPy directly, so new tensors stay on the CPU even where a GPU is."""
+    monkeypatch.setitem(backend._state, "device", "cpu")
+
+
 # ---------------------------------------------------------------------------
 # construction and dtype rules
 # ---------------------------------------------------------------------------

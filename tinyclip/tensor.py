@@ -360,8 +360,9 @@ _FREED = ("the graph behind this tensor was already freed by an earlier backward
 
 
 def _accumulate(tensor: Tensor, grad) -> None:
-    # Never in place: the same gradient array may be handed to several inputs.
-    tensor.grad = grad if tensor.grad is None else tensor.grad + grad
+    # An op may hand one gradient array to several inputs (Add does), so a leaf's .grad
+    # starts as its own copy: optimizers and clipping may then change it in place.
+    tensor.grad = grad.copy() if tensor.grad is None else tensor.grad + grad
 
 
 def as_tensor(x, like: Tensor | None = None) -> Tensor:

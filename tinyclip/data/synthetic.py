@@ -134,19 +134,24 @@ def _capitalize(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _pick(rng: np.random.Generator, options: tuple):
+    """One of ``options`` at random (faster than rng.choice for short tuples)."""
+    return options[rng.integers(len(options))]
+
+
 def _describe(rng: np.random.Generator, modality: str) -> dict:
     """Draw region, finding and side for one sample and write its caption and CUIs."""
-    region = rng.choice(REGIONS[modality])
-    finding = rng.choice(_findings(modality, region))
-    side = rng.choice(("right", "left"))
-    mod = rng.choice(MODALITY_PHRASES[modality] + _REGION_MODALITY_PHRASES.get((modality, region), ()))
+    region = _pick(rng, REGIONS[modality])
+    finding = _pick(rng, _findings(modality, region))
+    side = _pick(rng, ("right", "left"))
+    mod = _pick(rng, MODALITY_PHRASES[modality] + _REGION_MODALITY_PHRASES.get((modality, region), ()))
     noun, adjective = _REGION_WORDS[region]
     if finding == "normal":
-        template, finding_text = rng.choice(_NORMAL_TEMPLATES), "normal"
+        template, finding_text = _pick(rng, _NORMAL_TEMPLATES), "normal"
     else:
         phrases = _FINDING_PHRASES[finding]
-        finding_text = rng.choice(phrases[modality] if isinstance(phrases, dict) else phrases).format(side=side)
-        template = rng.choice(_FINDING_TEMPLATES)
+        finding_text = _pick(rng, phrases[modality] if isinstance(phrases, dict) else phrases).format(side=side)
+        template = _pick(rng, _FINDING_TEMPLATES)
     caption = template.format(
         mod=mod, Mod=_capitalize(mod), region=noun, Region=_capitalize(adjective),
         finding=finding_text, Finding=_capitalize(finding_text),
@@ -158,9 +163,9 @@ def _describe(rng: np.random.Generator, modality: str) -> dict:
         "caption": caption,
         "cuis": [_CUIS[term] for term in order],
         "modality": modality,
-        "region": str(region),
-        "finding": str(finding),
-        "side": str(side),
+        "region": region,
+        "finding": finding,
+        "side": side,
         "label": int(finding == "consolidation") if (modality, region) == ("xray", "chest") else -1,
     }
 
@@ -201,31 +206,61 @@ def _coords(rng: np.random.Generator, k: int, size: int, shift=0.08, zoom=(0.9, 
 
 
 def _ellipse(u, v, cx, cy, a, b, edge=0.04):
-    """Filled ellipse: 1 inside, 0 outside, with a linear ramp about ``edge`` wide at the border."""
-    r = np.sqrt(((u - cx) / a) ** 2 + ((v - cy) / b) ** 2)
-    return np.clip((1 - r) * (np.minimum(a, b) / edge) + 0.5, 0, 1)
+    """Filled ellipse: 1 inside, 0 outside, with a ramp about ``edge`` wide at the border."""
+    r2 = ((u - cx) / a) ** 2 + ((v - cy) / b) ** 2
+    # Near the border 1 - r**2 is about 2 (1 - r), so this ramps over about ``edge`` without a square root.
+    return np.clip((1 - r2) * (np.minimum(a, b) / (2 * edge)) + 0.5, 0, 1)
 
 
-def _segments(u, v, starts, ends, widths, strengths=None):
-    """Tubes along line segments with rounded ends; where tubes cross, the strongest wins.
+def _tube_distance(u, v, starts, ends, widths):
+    """How far each pixel is from the nearest of K tubes, as (distance / tube width)**2: below 1 is inside.
 
-    ``starts`` and ``ends`` are (k, K, 2) points, ``widths`` and ``strengths``
-    (k, K). A tube's profile is ``1 - (d / width)**2`` at distance d from its
-    axis, roughly the thickness of a cylinder seen from the side. A segment
-    whose start equals its end is a disc; one of width 0 is absent.
+    ``starts`` and ``ends`` (k, K, 2) are the end points of each tube's axis
+    and ``widths`` (k, K) its half-width; the ends are rounded. A tube whose
+    start equals its end is a disc, and one of width 0 is absent. One result
+    serves tubes of any thickness: ``q / c**2`` is the distance to tubes ``c``
+    times as wide.
     """
     starts, ends, widths = (np.asarray(a, dtype=_F32) for a in (starts, ends, widths))
-    strengths = ((widths > 0) * (1.0 if strengths is None else strengths)).astype(_F32)
-    out = np.zeros(u.shape, dtype=_F32)
+    nearest = np.full(u.shape, np.inf, dtype=_F32)
+    # This loop is the generator's hot spot, so it works in place in three reused buffers.
+    t, ex, ey = (np.empty(u.shape, dtype=_F32) for _ in range(3))
     for j in range(widths.shape[1]):
+        w = widths[:, j, None, None]
+        if not w.any():
+            continue
         x0, y0 = starts[:, j, 0, None, None], starts[:, j, 1, None, None]
         dx, dy = ends[:, j, 0, None, None] - x0, ends[:, j, 1, None, None] - y0
-        px, py = u - x0, v - y0
-        t = np.clip((px * dx + py * dy) / (dx * dx + dy * dy + 1e-9), 0, 1)
-        d2 = (px - t * dx) ** 2 + (py - t * dy) ** 2
-        w2 = np.maximum(widths[:, j, None, None], 1e-3) ** 2
-        np.maximum(out, strengths[:, j, None, None] * (1 - d2 / w2), out=out)
-    return out
+        length2 = dx * dx + dy * dy + 1e-9
+        # t: position of the closest point on the axis, clip(((u - x0) dx + (v - y0) dy) / length**2, 0, 1).
+        np.multiply(u, dx / length2, out=t)
+        np.multiply(v, dy / length2, out=ex)
+        t += ex
+        t -= (x0 * dx + y0 * dy) / length2
+        np.clip(t, 0, 1, out=t)
+        # (ex, ey) = (u, v) - (x0, y0) - t (dx, dy): from that closest point to the pixel.
+        np.multiply(t, dx, out=ex)
+        np.subtract(u, ex, out=ex)
+        ex -= x0
+        np.multiply(t, dy, out=ey)
+        np.subtract(v, ey, out=ey)
+        ey -= y0
+        np.square(ex, out=ex)
+        np.square(ey, out=ey)
+        ex += ey
+        ex *= np.where(w > 0, 1 / np.maximum(w, 1e-6) ** 2, 0).astype(_F32)
+        ex += np.where(w > 0, 0, np.inf).astype(_F32)  # samples without this tube
+        np.minimum(nearest, ex, out=nearest)
+    return nearest
+
+
+def _tube(q, scale=1.0, hardness=1.0):
+    """Profile 0..1 of tubes ``scale`` times as wide as those ``q`` was measured for.
+
+    ``1 - q`` is roughly the thickness of a cylinder seen from the side;
+    ``hardness`` > 1 flattens it into a solid rod with a soft edge.
+    """
+    return np.clip((1 - q / scale**2) * hardness, 0, 1)
 
 
 def _gaussian_matrix(size: int, centres: np.ndarray, sigma: float) -> np.ndarray:
@@ -339,8 +374,9 @@ def _render_mri(rng, rows, size, region):
         widths = rng.uniform(0.28, 0.36, (k, 1)) * np.array([[1.0, 0.9]])
         starts = np.broadcast_to(np.array([[0, -0.1], [0, 0.1]], _F32), (k, 2, 2))
         ends = np.broadcast_to(np.array([[0, -1.4], [0, 1.4]], _F32), (k, 2, 2))
-        image = _paint(image, np.clip(_segments(u, v, starts, ends, widths) * 4, 0, 1), 0.08)
-        image = _paint(image, np.clip(_segments(u, v, starts, ends, widths * 0.8) * 4, 0, 1), 0.7 + 0.05 * texture)
+        q = _tube_distance(u, v, starts, ends, widths)
+        image = _paint(image, _tube(q, 1.0, 4), 0.08)
+        image = _paint(image, _tube(q, 0.8, 4), 0.7 + 0.05 * texture)
         image = _paint(image, (np.abs(v) < 0.035) * (np.abs(u) < 0.25), 0.85)
     else:
         # Sagittal lumbar spine: vertebral bodies with bright discs between them, and behind them
@@ -424,7 +460,7 @@ def _render_fluoroscopy(rng, rows, size, region):
     pouch_width = 1.1 * widths[:, 0] * (rows["finding"].to_numpy() == "diverticulum")
     starts = np.concatenate([points[:, :-1], pouch[:, None]], 1)
     ends = np.concatenate([points[:, 1:], pouch[:, None]], 1)
-    lumen = np.sqrt(_segments(u, v, starts, ends, np.concatenate([widths, pouch_width[:, None]], 1)))
+    lumen = np.sqrt(_tube(_tube_distance(u, v, starts, ends, np.concatenate([widths, pouch_width[:, None]], 1))))
     image = image * (1 - _param(rng, k, 0.45, 0.65) * lumen)
     # Most show the round field of the image intensifier.
     t = (np.arange(size, dtype=_F32) + 0.5) * (2 / size) - 1
@@ -450,13 +486,13 @@ def _render_chest_xray(rng, rows, u, v):
     image = image + 0.12 * np.clip(np.cos(2 * np.pi * phase) * 3 - 1.8, 0, 1) * lungs
     image = _paint(image, _ellipse(u, v, 0.12, 0.25, _param(rng, k, 0.25, 0.32), 0.28, 0.05), 0.6)  # heart
     image = _paint(image, (np.abs(u) < 0.1) * torso, 0.62)  # spine and mediastinum
-    clavicles = _segments(
+    clavicles = _tube_distance(
         u, v,
         np.broadcast_to(np.array([[-0.1, -0.62], [0.1, -0.62]], _F32), (k, 2, 2)),
         np.broadcast_to(np.array([[-0.6, -0.72], [0.6, -0.72]], _F32), (k, 2, 2)),
         np.full((k, 2), 0.035, dtype=_F32),
     )
-    image = image + 0.25 * np.clip(clavicles * 3, 0, 1)
+    image = image + 0.25 * _tube(clavicles, 1.0, 3)
     # Pneumonia: patchy opacity in the lower lobe the caption names (the patient's right is the image's left).
     lung_centre = np.where((rows["side"].to_numpy() == "right")[:, None, None], -lung_x, lung_x)
     lower_lobe = _ellipse(u, v, lung_centre, 0.2, lung_a * 0.9, lung_b * 0.5, 0.1)
@@ -480,21 +516,20 @@ def _render_limb_xray(rng, rows, u, v, region):
     k = len(rows)
     bones = np.broadcast_to(_limb_bones(region).astype(_F32), (k, *_limb_bones(region).shape))
     starts, ends, widths = bones[..., 0:2], bones[..., 2:4], bones[..., 4]
-    tissue = np.clip(_segments(u, v, starts, ends, widths * (2.3 if region == "knee" else 2.2)) * 4, 0, 1)
-    bone = np.clip(_segments(u, v, starts, ends, widths) * 3, 0, 1)
-    canal = np.clip(_segments(u, v, starts, ends, widths * 0.5) * 2, 0, 1)
-    image = 0.04 + 0.3 * tissue + 0.45 * bone - 0.12 * canal
+    q = _tube_distance(u, v, starts, ends, widths)
+    bone = _tube(q, 1.0, 3)
+    image = 0.04 + 0.3 * _tube(q, 2.3 if region == "knee" else 2.2, 4) + 0.45 * bone - 0.12 * _tube(q, 0.5, 2)
     # Fracture: a thin dark line across the middle of the femur or tibia, or of a metacarpal.
     pick = rng.integers(0, 2, k) if region == "knee" else 4 * rng.integers(0, 4, k)
     samples = np.arange(k)
     centre = (starts[samples, pick] + ends[samples, pick]) / 2
     angle = rng.uniform(-0.6, 0.6, k)
     half_length = (0.6 * widths[samples, pick] + 0.05)[:, None] * np.stack([np.cos(angle), np.sin(angle)], -1)
-    line = _segments(
+    line = _tube_distance(
         u, v, (centre - half_length)[:, None], (centre + half_length)[:, None],
-        np.full((k, 1), 0.02, dtype=_F32), (rows["finding"].to_numpy() == "fracture")[:, None],
+        0.02 * (rows["finding"].to_numpy() == "fracture")[:, None],
     )
-    return image - 0.4 * np.clip(line * 2, 0, 1) * bone
+    return image - 0.4 * _tube(line, 1.0, 2) * bone
 
 
 def _render_xray(rng, rows, size, region):
@@ -546,9 +581,7 @@ def _render_angiography(rng, rows, size, region):
     # The catheter: a thin line coming in from outside the image to the start of the trunk.
     starts.append(trunk[0] - step), ends.append(trunk[0]), widths.append(np.full(k, 0.012))
     starts, ends, widths = (np.stack(x, 1) for x in (starts, ends, widths))
-    strengths = np.clip(widths / 0.05, 0.35, 1.0)  # wider vessels hold more contrast and look darker
-    strengths[:, -1] = 0.9
-    vessels = np.sqrt(_segments(u, v, starts, ends, widths, strengths))
+    vessels = np.sqrt(_tube(_tube_distance(u, v, starts, ends, widths)))
     return image * (1 - 0.8 * vessels)
 
 
@@ -572,16 +605,14 @@ _FINISH = {
 
 
 def _finish(rng: np.random.Generator, image: np.ndarray, modality: str) -> np.ndarray:
-    """Blur, random contrast and gamma, sensor noise; float (k, S, S) -> uint8 grey RGB (k, S, S, 3)."""
+    """Blur, random contrast, sensor noise; float (k, S, S) -> uint8 (k, S, S)."""
     k, size = len(image), image.shape[-1]
     noise, blur = _FINISH[modality]
     if blur:
         image = _blur(image, blur * size / 128)
-    image = np.clip(image * _param(rng, k, 0.85, 1.15) + _param(rng, k, -0.05, 0.05), 0, 1)
-    image = image ** _param(rng, k, 0.8, 1.25)
+    image = image * _param(rng, k, 0.85, 1.15) + _param(rng, k, -0.05, 0.05)
     image = image + noise * _param(rng, k, 0.5, 1.5) * rng.standard_normal(image.shape, dtype=_F32)
-    grey = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
+    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 def _render(rng: np.random.Generator, frame: pd.DataFrame, size: int) -> np.ndarray:
@@ -592,7 +623,7 @@ def _render(rng: np.random.Generator, frame: pd.DataFrame, size: int) -> np.ndar
         for start in range(0, len(index), _CHUNK):
             chunk = index[start : start + _CHUNK]
             image = _RENDERERS[modality](rng, frame.iloc[chunk], size, region)
-            images[chunk] = _finish(rng, image.astype(_F32), modality)
+            images[chunk] = _finish(rng, image.astype(_F32), modality)[..., None]  # grey into R, G and B
     return images
 
 

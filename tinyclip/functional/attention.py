@@ -84,6 +84,7 @@ class ScaledDotProductAttention(Function):
         return (out, probs) if self.return_weights else out
 
     def backward(self, g_out, g_weights=None):
+        xp = get_array_module(g_out)
         probs, dropped = self.probs, self.dropped
         gq = gk = gv = None
         if self.needs_input_grad[2]:
@@ -97,7 +98,7 @@ class ScaledDotProductAttention(Function):
                 g_probs += g_weights
             # Softmax backward in place: dS = P ⊙ (dP - Σ_keys dP ⊙ P). Padded keys and fully
             # padded rows have P = 0, so their scores get no gradient.
-            row = (g_probs * probs).sum(axis=-1, keepdims=True)
+            row = xp.einsum("...i,...i->...", g_probs, probs)[..., None]  # no (dP ⊙ P) temporary
             g_probs -= row
             g_probs *= probs
             g_scores = g_probs
@@ -120,7 +121,9 @@ def scaled_dot_product_attention(q, k, v, key_padding_mask=None, dropout_p: floa
     ``weights`` is a Tensor (N, h, L, S) of the softmax probabilities before dropout; it is a
     differentiable output of the op like ``out``.
     """
-    p = check_dropout_p(dropout_p) if training else 0.0
+    p = check_dropout_p(dropout_p)
+    if not training:
+        p = 0.0
     if isinstance(key_padding_mask, Tensor):
         key_padding_mask = key_padding_mask.data
     return ScaledDotProductAttention(key_padding_mask, p, bool(return_weights))(q, k, v)

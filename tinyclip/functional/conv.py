@@ -150,7 +150,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
 
 class Conv2d(Function):
     """y = x ⋆ W + b as one product  y = im2col(x) @ Wᵀ + b;
-    dW = gyᵀ @ im2col(x),  db = Σ gy,  dx = col2im(gy @ W)
+    dW = (im2col(x)ᵀ @ gy)ᵀ,  db = Σ gy,  dx = col2im(gy @ W)
 
     x (N, C, H, W), or (N, H, W, C) channels-last; weight (O, C, kh, kw); bias (O,).
     """
@@ -201,8 +201,10 @@ class Conv2d(Function):
         gx = gw = gb = None
         if self.needs_input_grad[1]:
             kh, kw = self.kernel
-            gw_mat = gy.T @ cols  # (O, kh·kw·C)
-            gw = xp.ascontiguousarray(gw_mat.reshape(O, kh, kw, -1).transpose(0, 3, 1, 2))
+            # (kh·kw·C, O). Not gyᵀ @ cols = (O, kh·kw·C): OpenBLAS runs that long thin product
+            # up to 10× slower on 2 threads (benchmarks/bench_conv.py --layouts).
+            gw_mat = cols.T @ gy
+            gw = xp.ascontiguousarray(gw_mat.reshape(kh, kw, -1, O).transpose(3, 2, 0, 1))
         if self.has_bias and self.needs_input_grad[2]:
             gb = gy.sum(axis=0)
         if self.needs_input_grad[0]:

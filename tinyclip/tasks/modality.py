@@ -38,10 +38,11 @@ DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "modality
 # modality names in a caption
 # ---------------------------------------------------------------------------
 #
-# Captions are matched raw. Abbreviations are case-sensitive (CT, MR, US, DSA:
-# "us" and "Mr" are ordinary words); spelled-out words are matched in any case
-# via (?i:...). Every pattern sits between word boundaries, so "angiography"
-# does not fire inside "cholangiography" or "lymphangiography".
+# Captions are matched raw. Abbreviations are case-sensitive (MR, US, DSA: "us"
+# and "Mr" are ordinary words), except "ct", which is no word and does occur in
+# lower case; spelled-out words are matched in any case via (?i:...). Every
+# pattern sits between word boundaries, so "angiography" does not fire inside
+# "cholangiography" or "lymphangiography".
 #
 # Decisions for compound names (matched first; their text is then blanked so
 # the parts do not count again):
@@ -60,11 +61,11 @@ DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "modality
 
 _ANGIO = r"(?i:angiogra\w*|arteriogra\w*|venogra\w*|aortogra\w*|angio)\b"
 _COMPOUND_RULES = [
-    ("ct", r"\b(?:MD|HR|CB|CE)?CT[- ]?(?:(?i:pulmonary|coronary|cerebral|abdominal|aortic|renal|mesenteric)[- ])?"
+    ("ct", r"\b(?:MD|HR|CB|CE)?(?i:CT)[- ]?(?:(?i:pulmonary|coronary|cerebral|abdominal|aortic|renal|mesenteric)[- ])?"
            + _ANGIO),
     ("ct", r"\b(?i:computed|computeri[sz]ed)[- ](?i:tomograph\w*)[- ](?:(?i:pulmonary|coronary)[- ])?" + _ANGIO),
     ("ct", r"\bCT(?:A|PA)s?\b|\bCCTA\b|\b(?i:angio)[- ]?CT\b"),  # not CTV: a radiotherapy target volume
-    ("ct", r"\bCT[- ](?i:fluoroscop\w*|myelogra\w*|cholangiogra\w*|urogra\w*|colonogra\w*|enterogra\w*|"
+    ("ct", r"\b(?i:CT)[- ](?i:fluoroscop\w*|myelogra\w*|cholangiogra\w*|urogra\w*|colonogra\w*|enterogra\w*|"
            r"arthrogra\w*|cystogra\w*)"),
     ("ct", r"\b(?i:c-arm(?:ed)?)[- ](?:CT|(?i:computed tomograph\w*))"),
     ("mri", r"\bMRI?[- ]?(?:" + _ANGIO + r"|(?i:cholangio\w*|urogra\w*|enterogra\w*|arthrogra\w*|myelogra\w*|"
@@ -76,8 +77,9 @@ _COMPOUND_RULES = [
     (OTHER, r"\b(?:(?i:fluorescein|indocyanine[- ]green)|ICG|OCT|OCTA)[- ]?" + _ANGIO),
 ]
 _SIMPLE_RULES = [
-    ("ct", r"\b(?:MD|HR|CB|CE|NC|MS)?CTs?\b|\bCAT[- ]scan|\b(?i:computed|computeri[sz]ed)[- ](?:(?i:axial)[- ])?"
-           r"(?i:tomograph\w*)|\b(?i:cone[- ]beam)\b|\b(?i:tomodensitometr\w*)"),
+    ("ct", r"\b(?:MD|HR|CB|CE|NC|MS)?CTs?\b|\b(?i:ct)\b|\bCAT[- ]scan|"
+           r"\b(?i:computed|computeri[sz]ed)[- ](?:(?i:axial)[- ])?(?i:tomograph\w*)|"
+           r"\b(?i:cone[- ]beam)\b|\b(?i:tomodensitometr\w*)"),
     ("mri", r"\b(?i:f?MRIs?)\b|\b(?i:magnetic[- ]resonance)\b|\b(?i:T[12](?:\*|[- ]?(?:weighted|W|WI)\b))|"
             r"\bT[12][- ](?i:axial|coronal|sagittal|sagital|image|images|sequence|MR|MRI)\b|\bFLAIR\b|\bDWI\b|"
             r"\bSTIR\b|\bSWI\b|\b(?i:diffusion|susceptibility|proton[- ]density)[- ](?i:weighted)\b|"
