@@ -2,6 +2,7 @@
 forward + backward, tinyclip against PyTorch CPU.
 
     python benchmarks/bench_conv.py                  # the five reference layers, batch 64
+    python benchmarks/bench_conv.py --stack          # the five blocks as one graph
     python benchmarks/bench_conv.py --breakdown      # where tinyclip's time goes, per layer
     python benchmarks/bench_conv.py --layouts        # the candidate layouts of the three conv matmuls
 
@@ -84,6 +85,49 @@ def compare(batch: int, rounds: int) -> None:
     print(f"{'total':>16} {totals[0]:9.1f} {totals[1]:9.1f} {totals[0] / totals[1]:6.2f}")
 
 
+def stack(batch: int, rounds: int) -> None:
+    """The whole five-block stack as one graph, forward + backward, tinyclip against PyTorch."""
+    import torch
+    torch.set_num_threads(2)
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 128, 128, 3), dtype=np.float32)
+    ws = [(rng.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.1).astype(np.float32) for C, O, _ in LAYERS]
+    bs = [np.zeros(O, dtype=np.float32) for _, O, _ in LAYERS]
+    params = [Tensor(a, requires_grad=True) for a in ws + bs]
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    tparams = [torch.from_numpy(a.copy()).requires_grad_() for a in ws + bs]
+    n = len(LAYERS)
+
+    def ours():
+        h = Tensor(x)
+        for w, b in zip(params[:n], params[n:]):
+            h = max_pool2d(relu(conv2d(h, w, b, padding=1, channels_last=True)), 2, channels_last=True)
+        h.sum().backward()
+        for p in params:
+            p.grad = None
+
+    def theirs():
+        h = xt
+        for w, b in zip(tparams[:n], tparams[n:]):
+            h = F.max_pool2d(F.relu(F.conv2d(h, w, b, padding=1)), 2)
+        h.sum().backward()
+        for p in tparams:
+            p.grad = None
+
+    a_s, t_s, ratios = [], [], []
+    for r in range(rounds + 1):
+        a = _ms(ours)
+        time.sleep(0.2)
+        t = _ms(theirs)
+        time.sleep(0.2)
+        if r:
+            a_s.append(a), t_s.append(t), ratios.append(a / t)
+        print(f"round {r}: tinyclip {a:.0f} ms, torch {t:.0f} ms", flush=True)
+    print(f"whole stack, batch {batch}, forward + backward: tinyclip {statistics.median(a_s):.0f} ms, "
+          f"torch {statistics.median(t_s):.0f} ms, ratio (median per round) {statistics.median(ratios):.2f}")
+
+
 def breakdown(batch: int, rounds: int) -> None:
     """Time the pieces of tinyclip's conv block separately (raw arrays, channels-last)."""
     rng = np.random.default_rng(0)
@@ -96,7 +140,7 @@ def breakdown(batch: int, rounds: int) -> None:
         parts = {
             "im2col": lambda: im2col(x, 3, 1, 1, out=cols),
             "y=cols@Wᵀ": lambda: cols @ w_mat.T,
-            "dW=gyᵀ@cols": lambda: gy.T @ cols,
+            "dW=colsᵀ@gy": lambda: cols.T @ gy,
             "dcols=gy@W": lambda: np.matmul(gy, w_mat, out=cols),
             "col2im": lambda: col2im(cols, x.shape, 3, 1, 1),
         }
@@ -150,10 +194,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stack", action="store_true", help="the whole five-block stack as one graph")
     parser.add_argument("--breakdown", action="store_true", help="time the pieces of tinyclip's block")
     parser.add_argument("--layouts", action="store_true", help="time the matmul operand layouts (median/min)")
     args = parser.parse_args()
-    if args.layouts:
+    if args.stack:
+        stack(args.batch, args.rounds)
+    elif args.layouts:
         layouts(args.batch, args.rounds)
     elif args.breakdown:
         breakdown(args.batch, args.rounds)

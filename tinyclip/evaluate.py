@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -57,17 +58,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    tasks = "\n".join(f"  {name:<20}{text}" for name, text in DESCRIPTIONS.items())
+    tasks = "\n".join(textwrap.fill(text, 100, initial_indent=f"  {name:<20}", subsequent_indent=" " * 22)
+                      for name, text in DESCRIPTIONS.items())
     p = _Parser(
         prog=PROG,
-        description="Evaluate a trained tinyclip run on downstream tasks. Writes metrics.json (merged with an "
-                    "existing one, one key per task) and PNG figures to --out, and prints a short table.",
+        description=textwrap.fill(
+            "Evaluate a trained tinyclip run on downstream tasks. Writes metrics.json (merged with an existing "
+            "one: one key per task, so tasks run one at a time accumulate) and PNG figures to --out, and prints "
+            "a short table. Exit status: 0 when the tasks ran (of several tasks, one that lacks its data is "
+            "skipped and reported), 1 when a task failed, none ran, or the input is wrong, 2 for a bad "
+            "command line.", 100),
         epilog=f"tasks:\n{tasks}\n  {'all':<20}every task above (one that lacks its data is skipped)\n\n"
                "examples:\n"
                f"  {PROG} --run runs/demo --task retrieval\n"
                f"  {PROG} --run runs/roco --task modality --prompts my_prompts.json\n"
                f"  {PROG} --run runs/roco --task pneumonia-zeroshot --chest-dir ../shared/data/chest_xray\n"
-               f"  {PROG} --run runs/demo --task fewshot --shots 10,50,all --seeds 3",
+               f"  {PROG} --run runs/demo --task fewshot --shots 10,50,all --seeds 3\n"
+               f"  {PROG} --run runs/roco --task modality --split all --data-dir OTHER_ROCO_FOLDER",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by tinyclip.train")
     p.add_argument("--task", required=True, metavar="TASK",
@@ -168,21 +175,30 @@ def check_ids(frame, saved_ids, where: str) -> None:
                      f"point --data-dir at the run's data, or use --split all")
 
 
+def load_run_pairs(state, data_dir=None, cache_dir=None, progress: bool = False):
+    """``(frame, images)``: every pair of a run, rebuilt as training built them and checked against
+    the ids saved in its checkpoint. ``data_dir`` overrides the saved ROCO folder (data that moved).
+    Index with ``state["split"]["test"]`` (or train/val) for a part of the run's split."""
+    run_args = state.get("args") or {}
+    source = run_args.get("data", "synthetic")
+    data_dir = data_dir or run_args.get("data_dir")
+    where = data_dir if source == "roco" else f"synthetic data (seed {run_args.get('seed', 0)})"
+    frame, images = _load(source, data_dir, run_args.get("num_samples", 2000), run_args.get("seed", 0),
+                          int(state["config"]["image_size"]), cache_dir, progress)
+    check_ids(frame, state.get("ids", []), where)
+    return frame, images
+
+
 def evaluation_data(args, state, need_train: bool, progress: bool):
     """``(frame, images, train_frame, train_images, description)`` for ``args.split``."""
     run_args = state.get("args") or {}
     image_size = int(state["config"]["image_size"])
     run_source = run_args.get("data", "synthetic")
-    # --data-dir says where the run's own data is now only with --split test; with --split all it names
-    # the folder to evaluate on, and the run's training part (if a task needs it) comes from the saved folder.
-    run_dir_data = args.data_dir if args.split == "test" and args.data_dir else run_args.get("data_dir")
 
     def run_pairs():
-        where = run_dir_data if run_source == "roco" else f"synthetic data (seed {run_args.get('seed', 0)})"
-        frame, images = _load(run_source, run_dir_data, run_args.get("num_samples", 2000), run_args.get("seed", 0),
-                              image_size, args.cache_dir, progress)
-        check_ids(frame, state.get("ids", []), where)
-        return frame, images
+        # --data-dir says where the run's own data is now only with --split test; with --split all it names
+        # the folder to evaluate on, and the run's training part (if a task needs it) comes from the saved one.
+        return load_run_pairs(state, args.data_dir if args.split == "test" else None, args.cache_dir, progress)
 
     split = state.get("split") or {}
     if args.split == "test":

@@ -121,8 +121,11 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """The words of a 1-D id sequence joined by spaces, padding dropped."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"decode takes one 1-D id sequence, got shape {ids.shape}")
         words = []
-        for i in np.asarray(ids).reshape(-1).tolist():
+        for i in ids.tolist():
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"id {i} is outside the vocabulary (size {self.vocab_size})")
             if i != self.PAD:

@@ -76,7 +76,7 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
             rgb = _to_rgb(im)
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:  # Pillow's plugins raise many types for damaged files: OSError, SyntaxError, EOFError, ...
         raise ImageDecodeError(f"cannot decode image {path}: {e}") from e
     w, h = rgb.size
     scale = size / max(w, h)
@@ -139,15 +139,16 @@ def load_images(
             except (OSError, ValueError):
                 pass  # damaged cache: decode again and overwrite it
 
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+
     def decode(i: int) -> None:
         try:
             images[i] = load_image(paths[i], size)
             ok[i] = True
-        except (OSError, ImageDecodeError):
+        except (OSError, ImageDecodeError):  # missing, unreadable or damaged: leave the row black
             pass
 
-    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
-    ok = np.zeros(len(paths), dtype=bool)
     # Pillow releases the GIL while decoding and resizing, so threads use all cores.
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         for _ in tqdm(pool.map(decode, range(len(paths))), total=len(paths), disable=not progress, desc="images"):

@@ -61,7 +61,7 @@ def _read_lists(path: Path) -> dict[str, list[str]]:
 
 
 def _is_readable_image(path: Path) -> bool:
-    """Cheap check that reads only the header; load_images catches files that fail later."""
+    """Cheap check that Pillow recognises the file, without decoding pixels; load_images catches the rest."""
     try:
         with Image.open(path) as im:
             im.verify()
@@ -98,21 +98,21 @@ def load_roco(folder: str | os.PathLike, images: bool = True) -> pd.DataFrame:
     present = set(os.listdir(image_dir)) if images else set()
 
     rows = []
-    skipped = {"empty captions": 0, "missing images": 0, "unreadable images": 0}
+    skipped = {"with an empty caption": 0, "with a missing image": 0, "with an unreadable image": 0}
     for roco_id, caption in captions.items():
         if not caption:
-            skipped["empty captions"] += 1
+            skipped["with an empty caption"] += 1
             continue
         image = None
         if images:
-            image = image_dir / f"{roco_id}.jpg"
-            if image.name not in present:
-                skipped["missing images"] += 1
+            path = image_dir / f"{roco_id}.jpg"
+            if path.name not in present:
+                skipped["with a missing image"] += 1
                 continue
-            if not _is_readable_image(image):
-                skipped["unreadable images"] += 1
+            if not _is_readable_image(path):
+                skipped["with an unreadable image"] += 1
                 continue
-            image = str(image)
+            image = str(path)
         row = {"id": roco_id, "caption": caption, "cuis": cuis.get(roco_id, []), "image": image}
         if keywords is not None:
             row["keywords"] = keywords.get(roco_id, [])

@@ -33,7 +33,9 @@ MODALITIES = ("ct", "mri", "ultrasound", "fluoroscopy", "xray", "angiography")
 # The ways captions name each modality; each phrase names that modality only.
 MODALITY_PHRASES = {
     "ct": ("CT", "ct", "CT scan", "axial CT scan", "computed tomography", "contrast-enhanced CT", "non-contrast CT"),
-    "mri": ("MRI", "mri", "MR image", "magnetic resonance imaging", "T1-weighted MRI", "T2-weighted MRI", "FLAIR image"),
+    "mri": (
+        "MRI", "mri", "MR image", "magnetic resonance imaging", "T1-weighted MRI", "T2-weighted MRI", "FLAIR image",
+    ),
     "ultrasound": ("ultrasound", "US", "sonography", "ultrasonography", "Doppler ultrasound", "ultrasound image"),
     "fluoroscopy": ("fluoroscopy", "fluoroscopic image", "fluoroscopic spot image", "barium study"),
     "xray": ("X-ray", "x-ray", "radiograph", "plain radiograph", "plain film", "frontal radiograph"),
@@ -119,12 +121,7 @@ _FINDING_TEMPLATES = (
 )
 
 # Made-up concept codes: one per modality, region and finding.
-_CUIS = {
-    term: f"C9{i:06d}"
-    for i, term in enumerate(
-        (*MODALITIES, *_REGION_WORDS, "normal", *_FINDING_PHRASES)
-    )
-}
+_CUIS = {term: f"C9{i:06d}" for i, term in enumerate((*MODALITIES, *_REGION_WORDS, "normal", *_FINDING_PHRASES))}
 
 _CHUNK = 128  # images rendered at once; bounds memory at (128, S, S) float32 per temporary
 _F32 = np.float32
@@ -369,8 +366,9 @@ def _render_mri(rng, rows, size, region):
         image = _paint(image, ventricles, 0.85)
     elif region == "knee":
         # Coronal: bright fat under the skin around grey muscle; femur above tibia, each with a dark
-        # cortex round bright fatty marrow, and a thin bright line of joint fluid between them.
-        image = _paint(0.8 * _ellipse(u, v, 0, 0, 0.7, 1.6, 0.02), _ellipse(u, v, 0, 0, 0.62, 1.6, 0.02), 0.35 + 0.05 * texture)
+        # cortex around bright fatty marrow, and a thin bright line of joint fluid between them.
+        fat, muscle = _ellipse(u, v, 0, 0, 0.7, 1.6, 0.02), _ellipse(u, v, 0, 0, 0.62, 1.6, 0.02)
+        image = _paint(0.8 * fat, muscle, 0.35 + 0.05 * texture)
         widths = rng.uniform(0.28, 0.36, (k, 1)) * np.array([[1.0, 0.9]])
         starts = np.broadcast_to(np.array([[0, -0.1], [0, 0.1]], _F32), (k, 2, 2))
         ends = np.broadcast_to(np.array([[0, -1.4], [0, 1.4]], _F32), (k, 2, 2))
@@ -424,7 +422,7 @@ def _render_ultrasound(rng, rows, size, region):
     echo = _paint(echo, blob * _has(rows, "mass"), _either(rng, k, 0.2, 0.8))
     echo = _paint(echo, blob * _has(rows, "cyst"), 0.02)
     # Speckle: a multiplicative, Rayleigh-distributed grain about two pixels wide.
-    g = _gaussian_matrix(size, np.arange(1, size, 2) + 0.0, 1.0)
+    g = _gaussian_matrix(size, np.arange(1.0, size, 2), 1.0)
     grain = (k, g.shape[1], g.shape[1])
     speckle = np.hypot(
         _separable(g, rng.standard_normal(grain, dtype=_F32)), _separable(g, rng.standard_normal(grain, dtype=_F32))
@@ -484,7 +482,8 @@ def _render_chest_xray(rng, rows, u, v):
     # Posterior ribs: thin bands that curve down towards the sides.
     phase = (v + 0.35 * u**2) * _param(rng, k, 4.5, 5.5) + _param(rng, k, 0, 1)
     image = image + 0.12 * np.clip(np.cos(2 * np.pi * phase) * 3 - 1.8, 0, 1) * lungs
-    image = _paint(image, _ellipse(u, v, 0.12, 0.25, _param(rng, k, 0.25, 0.32), 0.28, 0.05), 0.6)  # heart
+    heart = _ellipse(u, v, 0.15, 0.3, _param(rng, k, 0.27, 0.33), 0.26, 0.05)
+    image = _paint(image, heart, 0.6)
     image = _paint(image, (np.abs(u) < 0.1) * torso, 0.62)  # spine and mediastinum
     clavicles = _tube_distance(
         u, v,
@@ -497,7 +496,8 @@ def _render_chest_xray(rng, rows, u, v):
     lung_centre = np.where((rows["side"].to_numpy() == "right")[:, None, None], -lung_x, lung_x)
     lower_lobe = _ellipse(u, v, lung_centre, 0.2, lung_a * 0.9, lung_b * 0.5, 0.1)
     patches = np.clip(_smooth_noise(rng, k, size, 8) + 0.4, 0, 1)
-    return image + _param(rng, k, 0.2, 0.35) * _has(rows, "consolidation") * lower_lobe * patches * lungs
+    opacity = _param(rng, k, 0.6, 0.9) * _has(rows, "consolidation") * lower_lobe * patches * lungs * (1 - heart)
+    return _paint(image, opacity, 0.5)
 
 
 def _limb_bones(region: str) -> np.ndarray:
@@ -512,9 +512,10 @@ def _limb_bones(region: str) -> np.ndarray:
 
 
 def _render_limb_xray(rng, rows, u, v, region):
-    """Knee or hand film: soft tissue round bright bones with a darker marrow canal; a fracture is a dark line."""
+    """Knee or hand film: soft tissue around bright bones with a darker marrow canal; a fracture is a dark line."""
     k = len(rows)
-    bones = np.broadcast_to(_limb_bones(region).astype(_F32), (k, *_limb_bones(region).shape))
+    bones = _limb_bones(region).astype(_F32)
+    bones = np.broadcast_to(bones, (k, *bones.shape))
     starts, ends, widths = bones[..., 0:2], bones[..., 2:4], bones[..., 4]
     q = _tube_distance(u, v, starts, ends, widths)
     bone = _tube(q, 1.0, 3)
@@ -552,17 +553,26 @@ def _render_angiography(rng, rows, size, region):
     k = len(rows)
     u, v = _coords(rng, k, size, shift=0.05, rotate=0.4)
     image = _param(rng, k, 0.72, 0.88) + 0.03 * _smooth_noise(rng, k, size, 3)
-    # A binary vessel tree three generations deep, grown from a trunk made of three collinear
-    # segments so that a stenosis can narrow the middle one.
-    (x0, y0), heading = _ANGIOGRAPHY_ENTRY[region]
-    x0, y0 = x0 + rng.uniform(-0.3, 0.3, k) * (x0 == 0), y0 + rng.uniform(-0.3, 0.3, k) * (y0 == 0.1)
+    finding = rows["finding"].to_numpy()
+
+    def direction(angle):  # (k,) angles -> (k, 2) unit vectors
+        return np.stack([np.cos(angle), np.sin(angle)], -1)
+
+    # The trunk enters at the region's edge (shifted sideways at random) and is three collinear
+    # segments, so that a stenosis can narrow the middle one.
+    entry, heading = _ANGIOGRAPHY_ENTRY[region]
+    start = np.array(entry) + rng.uniform(-0.3, 0.3, (k, 1)) * direction(np.full(k, heading + np.pi / 2))
     angle = heading + rng.uniform(-0.3, 0.3, k)
     length, width = rng.uniform(0.7, 0.9, k), rng.uniform(0.05, 0.07, k)
-    step = np.stack([np.cos(angle), np.sin(angle)], -1) * length[:, None]
-    trunk = [np.stack([x0, y0], -1) + f * step for f in (0.0, 0.4, 0.65, 1.0)]
-    stenosis = rows["finding"].to_numpy() == "stenosis"
-    starts, ends = trunk[:3], trunk[1:]
-    widths = [width, np.where(stenosis, 0.3, 1.0) * width, width]
+    step = direction(angle) * length[:, None]
+    trunk = [start + f * step for f in (0.0, 0.4, 0.65, 1.0)]
+    tubes = [  # (start, end, half-width), each (k, 2), (k, 2), (k,)
+        (trunk[0], trunk[1], width),
+        (trunk[1], trunk[2], np.where(finding == "stenosis", 0.3, 1.0) * width),
+        (trunk[2], trunk[3], width),
+        (trunk[0] - step, trunk[0], np.full(k, 0.012)),  # the catheter, coming in from outside the image
+    ]
+    # A binary tree of branches, three generations deep, grown from the end of the trunk.
     tips = [(trunk[3], angle, length, width)]
     for _ in range(3):
         grown = []
@@ -571,16 +581,14 @@ def _render_angiography(rng, rows, size, region):
                 branch_angle = tip_angle + sign * rng.uniform(0.35, 0.8, k)
                 branch_length = tip_length * rng.uniform(0.55, 0.8, k)
                 branch_width = tip_width * 0.7 * (rng.random(k) < 0.9)  # prune some branches and their children
-                end = tip + np.stack([np.cos(branch_angle), np.sin(branch_angle)], -1) * branch_length[:, None]
-                starts.append(tip), ends.append(end), widths.append(branch_width)
+                end = tip + direction(branch_angle) * branch_length[:, None]
+                tubes.append((tip, end, branch_width))
                 grown.append((end, branch_angle, branch_length, branch_width))
         tips = grown
-    # An aneurysm: a round sac (a disc) at the division of the trunk.
+    # An aneurysm: a round sac (a disc) where the trunk divides.
     sac = trunk[3] + rng.uniform(-1, 1, (k, 2)) * width[:, None]
-    starts.append(sac), ends.append(sac), widths.append(np.where(rows["finding"].to_numpy() == "aneurysm", 2.5, 0.0) * width)
-    # The catheter: a thin line coming in from outside the image to the start of the trunk.
-    starts.append(trunk[0] - step), ends.append(trunk[0]), widths.append(np.full(k, 0.012))
-    starts, ends, widths = (np.stack(x, 1) for x in (starts, ends, widths))
+    tubes.append((sac, sac, np.where(finding == "aneurysm", 2.5, 0.0) * width))
+    starts, ends, widths = (np.stack(x, 1) for x in zip(*tubes))
     vessels = np.sqrt(_tube(_tube_distance(u, v, starts, ends, widths)))
     return image * (1 - 0.8 * vessels)
 
@@ -646,7 +654,7 @@ def make_synthetic(num_samples: int = 2000, image_size: int = 128, seed: int = 0
 
 
 def make_synthetic_chest_xray(num_samples: int, image_size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced normal / pneumonia-like chest X-rays: ``images`` uint8 (N, S, S, 3) and ``labels`` int64 (N,), 1 = pneumonia."""
+    """Balanced normal (0) and pneumonia-like (1) chest X-rays: ``images`` uint8 (N, S, S, 3), ``labels`` int64 (N,)."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(num_samples) % 2).astype(np.int64)
     frame = pd.DataFrame({

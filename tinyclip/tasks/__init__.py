@@ -35,8 +35,10 @@ DESCRIPTIONS = {
                 "prompts; labels parsed from the captions",
     "pneumonia-zeroshot": "zero-shot normal vs pneumonia on chest X-rays (--chest-dir, --pneumonia-npz, or "
                           "synthetic ones for a synthetic run)",
-    "fewshot": "few-shot linear probes on the image embeddings (--shots, --seeds)",
-    "cui": "UMLS concept (CUI) prediction from the embeddings",
+    "fewshot": "few-shot pneumonia classifiers on the frozen image embeddings, accuracy against the number of "
+               "labelled images (--shots, --seeds; same chest X-ray sources as pneumonia-zeroshot)",
+    "cui": "UMLS concept (CUI) classifiers from captions and images, trained on the run's training part "
+           "(--top-k)",
 }
 
 

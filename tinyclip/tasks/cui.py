@@ -175,6 +175,8 @@ def run(ctx: EvalContext, log=print) -> dict:
     if k < 1:
         raise ValueError(f"option top_k must be at least 1, got {k}")
     init = options.get("cui_init") or "clip"
+    if init not in ("clip", "scratch"):
+        raise ValueError(f"option cui_init: expected 'clip' or 'scratch', got {init!r}")
     text_settings = dict(TEXT_SETTINGS)
     if options.get("cui_epochs") is not None:
         text_settings["epochs"] = int(options["cui_epochs"])

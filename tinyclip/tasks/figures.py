@@ -194,23 +194,25 @@ def confusion_matrices(path, matrices: dict, class_names, title: str = "") -> Pa
 
 
 def image_grid(path, images: np.ndarray, labels, probs: np.ndarray, class_names, title: str = "",
-               columns: int = 4) -> Path:
-    """Images with their true class and the predicted class probabilities underneath.
+               columns: int = 4, top: int = 3) -> Path:
+    """Images with their true class and the ``top`` most probable classes underneath.
 
     ``probs`` ``(n, C)``; the frame is green when the most probable class is right.
     """
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig = new_figure(2.2 * columns, 2.5 * rows + 0.3)
+    shown = min(top, len(class_names))
+    fig = new_figure(2.2 * columns, (2.3 + 0.16 * (shown + 1)) * rows + 0.3)
     for i in range(n):
         ax = fig.add_subplot(rows, columns, i + 1)
-        predicted = int(np.argmax(probs[i]))
-        _show_image(ax, images[i], CORRECT if predicted == labels[i] else WRONG)
+        order = np.argsort(-probs[i], kind="stable")[:shown]
+        _show_image(ax, images[i], CORRECT if order[0] == labels[i] else WRONG)
         lines = [f"true: {class_names[labels[i]]}"]
-        lines += [f"{'▶' if c == predicted else ' '} {name}: {probs[i, c]:.2f}" for c, name in enumerate(class_names)]
+        lines += [f"{'▶' if r == 0 else ' '} {class_names[c]}: {probs[i, c]:.2f}" for r, c in enumerate(order)]
         ax.set_xlabel("\n".join(lines), fontsize=6, family="monospace")
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return save(fig, path)
 
 

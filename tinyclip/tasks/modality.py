@@ -284,6 +284,8 @@ def run(ctx) -> dict:
     result = {
         "n": int(len(labels)),
         "n_captions": len(captions),
+        "n_none": counts["none"],
+        "n_several": counts["several"],
         "counts": counts,
         "classes": classes,
         "class_counts": {c: int(k) for c, k in zip(classes, class_counts)},
