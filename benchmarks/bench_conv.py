@@ -5,6 +5,8 @@ forward + backward, tinyclip against PyTorch CPU.
     python benchmarks/bench_conv.py --stack          # the five blocks as one graph
     python benchmarks/bench_conv.py --breakdown      # where tinyclip's time goes, per layer
     python benchmarks/bench_conv.py --layouts        # the candidate layouts of the three conv matmuls
+    python benchmarks/bench_conv.py --nchw           # tinyclip in PyTorch's layout (not the fast path)
+    python benchmarks/bench_conv.py --threads 1 --cpu-time   # CPU time, steadier when others load the machine
 
 The machines are shared and noisy: every round runs tinyclip and PyTorch back to back and the
 table gives medians over rounds (and the median of the per-round ratios). The first layer's
@@ -18,8 +20,11 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+import sys  # noqa: E402
+
+_threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
+os.environ.setdefault("OMP_NUM_THREADS", _threads)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads)
 
 import numpy as np  # noqa: E402
 
@@ -27,20 +32,24 @@ from tinyclip import Tensor  # noqa: E402
 from tinyclip.functional.arithmetic import relu  # noqa: E402
 from tinyclip.functional.conv import col2im, conv2d, im2col, max_pool2d  # noqa: E402
 
+THREADS = int(_threads)
 LAYERS = [(3, 16, 128), (16, 32, 64), (32, 64, 32), (64, 128, 16), (128, 256, 8)]  # C → O at H×W
 
 
+CLOCK = time.perf_counter
+
+
 def _ms(fn) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return (time.perf_counter() - start) * 1e3
+    return (CLOCK() - start) * 1e3
 
 
-def tinyclip_block(x, w, b):
-    """One block, channels-last, forward + backward; returns nothing (timing only)."""
-    X = Tensor(x, requires_grad=x.shape[-1] != 3)
+def tinyclip_block(x, w, b, channels_last=True):
+    """One block, forward + backward; returns nothing (timing only)."""
+    X = Tensor(x, requires_grad=x.shape[-1 if channels_last else 1] != 3)
     W, B = Tensor(w, requires_grad=True), Tensor(b, requires_grad=True)
-    y = max_pool2d(relu(conv2d(X, W, B, padding=1, channels_last=True)), 2, channels_last=True)
+    y = max_pool2d(relu(conv2d(X, W, B, padding=1, channels_last=channels_last)), 2, channels_last=channels_last)
     y.backward(np.ones(y.shape, dtype=y.dtype))
 
 
@@ -53,14 +62,16 @@ def torch_block(torch, x, w, b):
     W.grad = B.grad = X.grad = None
 
 
-def compare(batch: int, rounds: int) -> None:
+def compare(batch: int, rounds: int, channels_last: bool = True) -> None:
     try:
         import torch
-        torch.set_num_threads(2)
+        torch.set_num_threads(THREADS)
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
-    print(f"batch {batch}, conv 3×3 pad 1 → ReLU → max-pool 2, forward + backward, ms (median of {rounds})")
+    print(f"batch {batch}, conv 3×3 pad 1 → ReLU → max-pool 2, forward + backward, ms (median of {rounds}); "
+          f"tinyclip {'NHWC' if channels_last else 'NCHW'}, torch NCHW, {THREADS} thread(s), "
+          f"{'CPU' if CLOCK is time.process_time else 'wall'} time")
     print(f"{'layer':>16} {'tinyclip':>9} {'torch':>9} {'ratio':>6}")
     totals = [0.0, 0.0]
     for C, O, H in LAYERS:
@@ -68,11 +79,12 @@ def compare(batch: int, rounds: int) -> None:
         w = (rng.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.1).astype(np.float32)
         b = np.zeros(O, dtype=np.float32)
         ours, theirs, ratios = [], [], []
+        x_ours = x if channels_last else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         if torch is not None:
             xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
             wt, bt = torch.from_numpy(w.copy()), torch.from_numpy(b.copy())
         for r in range(rounds + 1):  # round 0 warms up (page faults, buffer pool, thread pools)
-            a = _ms(lambda: tinyclip_block(x, w, b))
+            a = _ms(lambda: tinyclip_block(x_ours, w, b, channels_last))
             time.sleep(0.2)  # let the other library's worker threads go idle
             t = _ms(lambda: torch_block(torch, xt, wt, bt)) if torch is not None else float("nan")
             time.sleep(0.2)
@@ -88,7 +100,7 @@ def compare(batch: int, rounds: int) -> None:
 def stack(batch: int, rounds: int) -> None:
     """The whole five-block stack as one graph, forward + backward, tinyclip against PyTorch."""
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 128, 128, 3), dtype=np.float32)
@@ -194,10 +206,16 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="measure process CPU time, not wall time (steadier on a busy machine; use with --threads 1)")
+    parser.add_argument("--nchw", action="store_true", help="run tinyclip in NCHW (default: channels-last)")
     parser.add_argument("--stack", action="store_true", help="the whole five-block stack as one graph")
     parser.add_argument("--breakdown", action="store_true", help="time the pieces of tinyclip's block")
     parser.add_argument("--layouts", action="store_true", help="time the matmul operand layouts (median/min)")
     args = parser.parse_args()
+    if args.cpu_time:
+        CLOCK = time.process_time
     if args.stack:
         stack(args.batch, args.rounds)
     elif args.layouts:
@@ -205,4 +223,4 @@ if __name__ == "__main__":
     elif args.breakdown:
         breakdown(args.batch, args.rounds)
     else:
-        compare(args.batch, args.rounds)
+        compare(args.batch, args.rounds, channels_last=not args.nchw)

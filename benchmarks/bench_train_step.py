@@ -402,7 +402,9 @@ def check_worker(spec: dict) -> dict:
             if error > worst:
                 worst, worst_name = float(error), name
         a, b = float(loss.item()), float(twin_loss.item())
-        verdict = "OK" if abs(a - b) <= 1e-4 * max(1.0, abs(b)) and worst < 1e-3 else "MISMATCH"
+        # float32 rounding alone reaches ≈ 1e-3 at the reference size: the first conv's weight gradient sums
+        # a million products that largely cancel (random images have mean 0). A real bug shows up as O(1).
+        verdict = "OK" if abs(a - b) <= 1e-4 * max(1.0, abs(b)) and worst < 1e-2 else "MISMATCH"
         lines.append(f"same weights in PyTorch (eval mode): loss tinyclip {a:.6f} vs torch {b:.6f}; largest relative "
                      f"gradient difference {worst:.1e} ({worst_name}): {verdict}")
     return {"lines": lines}

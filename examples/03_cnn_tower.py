@@ -125,7 +125,8 @@ def tower():
     tinyclip.manual_seed(0)
     encoder = ImageEncoder(config)
     _, images = make_synthetic(num_samples=2, image_size=size, seed=0)
-    x = Tensor(normalize(images))  # uint8 (2, S, S, 3) → float (2, 3, S, S), normalised per channel
+    # uint8 (2, S, S, 3) → float (2, 3, S, S), normalised per channel, on the encoder's device
+    x = Tensor(normalize(images, xp=encoder.proj.weight.xp))
 
     start = time.perf_counter()
     rows = [("input (NCHW)", x.shape, 0)]

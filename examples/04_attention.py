@@ -13,7 +13,7 @@ What you will learn
 4. The post-norm block of the text tower (``tinyclip.models.text_encoder.EncoderBlock``),
    written out as equations and checked against the block's own forward.
 
-Run it:  python examples/04_attention.py      (about a second on a laptop CPU;
+Run it:  python examples/04_attention.py      (a second or two on a laptop CPU;
          TINYCLIP_EXAMPLE_QUICK=1 is the same, it is already small)
 
 It prints the tokens, the equations, the attention tables, the checks, and finally one
@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 import tinyclip
-from tinyclip import Tensor, nn
+from tinyclip import nn
 from tinyclip.models.text_encoder import EncoderBlock
 from tinyclip.text import Tokenizer
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyclip import Tensor, gradcheck, no_grad
+from tinyclip import Tensor, backend, gradcheck, no_grad
 from tinyclip.functional.conv import col2im, conv2d, im2col, max_pool2d
 
 
@@ -260,6 +260,28 @@ def test_float32_stays_float32(channels_last):
     (p.sum() + q.sum()).backward()
     for t in (X, W, B):
         assert t.grad.dtype == np.float32 and t.grad.shape == t.shape
+
+
+# ---------------------------------------------------------------------------
+# every backend (CuPy where a GPU is) against NumPy
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_same_results_on_every_backend(xp, channels_last):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 9, 8))
+    x = to_nhwc(x) if channels_last else x
+    w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    results = []
+    for module in (np, xp):
+        X, W, B = (Tensor(module.asarray(a), requires_grad=True) for a in (x, w, b))
+        h = conv2d(X, W, B, stride=1, padding=1, channels_last=channels_last)
+        h = conv2d(h.relu(), Tensor(module.asarray(w[:, :1].repeat(4, axis=1))), None, 2, 2, channels_last)
+        y = max_pool2d(h, 3, 1, channels_last) + max_pool2d(h, 2, channels_last=channels_last).sum()
+        y.sum().backward()
+        results.append([backend.to_numpy(a) for a in (y.data, X.grad, W.grad, B.grad)])
+    for ours, reference in zip(*results[::-1]):
+        np.testing.assert_allclose(ours, reference, rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------

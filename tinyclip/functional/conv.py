@@ -114,7 +114,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out=None):
     Ho, Wo = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
     x = _pad(x, ph, pw)
     # A view with one axis per window offset, made of strides alone (no copy):
-    # windows[n, ho, wo, i, j] is the C-vector x[n, ho·sh + i, wo·sw + j]. The one copy is the next line's.
+    # windows[n, ho, wo, i, j] is the C-vector x[n, ho·sh + i, wo·sw + j]. Writing it into `out` is the one copy.
     sN, sH, sW, sC = x.strides
     windows = xp.lib.stride_tricks.as_strided(x, (N, Ho, Wo, kh, kw, C), (sN, sH * sh, sW * sw, sH, sW, sC))
     if out is None:

@@ -80,15 +80,31 @@ def holdout_split(targets: np.ndarray, fraction: float, seed: int, stratify: boo
     return np.setdiff1d(np.arange(n), val), val
 
 
-def _loss(logits, targets, kind: str):
+def _loss(logits, targets, kind: str, weights=None):
+    """The mean loss of a batch; with ``weights`` (N,), the mean of ``weight_i · loss_i``."""
+    if weights is None:
+        if kind == "binary":
+            return binary_cross_entropy_with_logits(logits.reshape(-1), targets)
+        if kind == "multiclass":
+            return cross_entropy(logits, targets)
+        return binary_cross_entropy_with_logits(logits, targets)
     if kind == "binary":
-        return binary_cross_entropy_with_logits(logits.reshape(-1), targets)
-    if kind == "multiclass":
-        return cross_entropy(logits, targets)
-    return binary_cross_entropy_with_logits(logits, targets)
+        losses = binary_cross_entropy_with_logits(logits.reshape(-1), targets, reduction="none")
+    else:
+        losses = cross_entropy(logits, targets, reduction="none")
+    return (losses * Tensor(weights)).mean()
 
 
-def _to_device(model, arrays, targets=None, kind=None):
+def balanced_weights(targets: np.ndarray) -> np.ndarray:
+    """Per-row weights ``N / (C · count of the row's class)``: every class weighs as much in total.
+
+    The same as training on a class-balanced set; the weights average 1 over the rows.
+    """
+    classes, inverse, counts = np.unique(targets, return_inverse=True, return_counts=True)
+    return (len(targets) / (len(classes) * counts))[inverse].astype(np.float32)
+
+
+def _to_device(model, arrays, targets=None, kind=None, weights=None):
     """Model inputs on the model's device: float arrays become Tensors, others (ids, masks) stay arrays."""
     param = next(iter(model.parameters()))
     xp = param.xp
@@ -97,7 +113,7 @@ def _to_device(model, arrays, targets=None, kind=None):
     if targets is None:
         return inputs
     targets = xp.asarray(targets, dtype=np.int64 if kind == "multiclass" else param.dtype)
-    return inputs, targets
+    return inputs, targets, None if weights is None else xp.asarray(weights, dtype=param.dtype)
 
 
 def _batch(inputs, index, prepare):
@@ -107,7 +123,7 @@ def _batch(inputs, index, prepare):
 
 def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 64,
         steps: int = 500, epochs: int | None = None, val_fraction: float = 0.2, min_val: int = 10,
-        patience: int = 10, seed: int = 0, prepare=None, log=None) -> dict:
+        patience: int = 10, balance: bool = False, seed: int = 0, prepare=None, log=None) -> dict:
     """Train ``model`` (its outputs are logits) on ``inputs`` → ``targets`` with Adam; returns a summary.
 
     ``inputs``: one array or a tuple of arrays with the same first axis N (float arrays
@@ -124,6 +140,8 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
     the best weights are put back. When the held-out part would have fewer than
     ``min_val`` rows (tiny few-shot sets), nothing is held out and the full budget of
     steps is used: weight decay is then what keeps the head from memorising.
+    ``balance`` (binary/multiclass): weight every row by ``balanced_weights``, in
+    training and in the held-out loss, so that a majority class cannot dominate.
     """
     if kind not in LOSSES:
         raise ValueError(f"kind must be one of {LOSSES}, got {kind!r}")
@@ -136,6 +154,11 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
     train_idx, val_idx = np.arange(n), np.zeros(0, np.int64)
     if val_fraction > 0 and int(round(val_fraction * n)) >= min_val:
         train_idx, val_idx = holdout_split(targets, val_fraction, seed, stratify=kind != "multilabel")
+    weights = None
+    if balance:
+        if kind == "multilabel":
+            raise ValueError("fit: balance applies to binary and multiclass targets only")
+        weights = balanced_weights(targets)
     batch_size = max(1, min(batch_size, len(train_idx)))
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     total = epochs * steps_per_epoch if epochs is not None else steps
@@ -149,16 +172,17 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
     while step < total and not stopped_early:
         order = train_idx[rng.permutation(len(train_idx))]
         for start in range(0, len(order), batch_size):
-            x, t = _to_device(model, _batch(inputs, order[start:start + batch_size], prepare),
-                              targets[order[start:start + batch_size]], kind)
-            loss = _loss(model(*x), t, kind)
+            part = order[start:start + batch_size]
+            x, t, w = _to_device(model, _batch(inputs, part, prepare), targets[part], kind,
+                                 None if weights is None else weights[part])
+            loss = _loss(model(*x), t, kind, w)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(float(loss.item()))
             step += 1
             if len(val_idx) and (step % check_every == 0 or step == total):
-                val = evaluate_loss(model, inputs, targets, kind, val_idx, prepare=prepare)
+                val = evaluate_loss(model, inputs, targets, kind, val_idx, prepare=prepare, weights=weights)
                 history.append({"step": step, "train_loss": float(np.mean(losses[-check_every:])), "val_loss": val})
                 if log:
                     log(f"  step {step}/{total}: train {history[-1]['train_loss']:.4f}  held-out {val:.4f}")
@@ -180,8 +204,9 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
             "history": history, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def evaluate_loss(model, inputs, targets, kind: str, index=None, batch_size: int = 512, prepare=None) -> float:
-    """Mean loss over the rows ``index`` (all by default), in eval mode without a graph."""
+def evaluate_loss(model, inputs, targets, kind: str, index=None, batch_size: int = 512, prepare=None,
+                  weights=None) -> float:
+    """Mean (row-``weights``-weighted) loss over the rows ``index`` (all by default), in eval mode, no graph."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     index = np.arange(len(targets)) if index is None else np.asarray(index)
     model.eval()
@@ -189,8 +214,9 @@ def evaluate_loss(model, inputs, targets, kind: str, index=None, batch_size: int
     with no_grad():
         for start in range(0, len(index), batch_size):
             part = index[start:start + batch_size]
-            x, t = _to_device(model, _batch(inputs, part, prepare), np.asarray(targets)[part], kind)
-            total += float(_loss(model(*x), t, kind).item()) * len(part)
+            x, t, w = _to_device(model, _batch(inputs, part, prepare), np.asarray(targets)[part], kind,
+                                 None if weights is None else weights[part])
+            total += float(_loss(model(*x), t, kind, w).item()) * len(part)
     return total / max(len(index), 1)
 
 
