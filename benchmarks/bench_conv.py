@@ -49,7 +49,8 @@ def tinyclip_block(x, w, b, channels_last=True):
     """One block, forward + backward; returns nothing (timing only)."""
     X = Tensor(x, requires_grad=x.shape[-1 if channels_last else 1] != 3)
     W, B = Tensor(w, requires_grad=True), Tensor(b, requires_grad=True)
-    y = max_pool2d(relu(conv2d(X, W, B, padding=1, channels_last=channels_last)), 2, channels_last=channels_last)
+    h = relu(conv2d(X, W, B, padding=1, channels_last=channels_last))
+    y = max_pool2d(h, 2, channels_last=channels_last)
     y.backward(np.ones(y.shape, dtype=y.dtype))
 
 
@@ -69,14 +70,15 @@ def compare(batch: int, rounds: int, channels_last: bool = True) -> None:
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
-    print(f"batch {batch}, conv 3×3 pad 1 → ReLU → max-pool 2, forward + backward, ms (median of {rounds}); "
+    print(f"batch {batch}, conv 3×3 pad 1 → ReLU → max-pool 2, forward + backward, "
+          f"ms (median of {rounds}); "
           f"tinyclip {'NHWC' if channels_last else 'NCHW'}, torch NCHW, {THREADS} thread(s), "
           f"{'CPU' if CLOCK is time.process_time else 'wall'} time")
     print(f"{'layer':>16} {'tinyclip':>9} {'torch':>9} {'ratio':>6}")
     totals = [0.0, 0.0]
     for C, O, H in LAYERS:
         x = rng.standard_normal((batch, H, H, C), dtype=np.float32)
-        w = (rng.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.1).astype(np.float32)
+        w = rng.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.1
         b = np.zeros(O, dtype=np.float32)
         ours, theirs, ratios = [], [], []
         x_ours = x if channels_last else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
@@ -104,7 +106,7 @@ def stack(batch: int, rounds: int) -> None:
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 128, 128, 3), dtype=np.float32)
-    ws = [(rng.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.1).astype(np.float32) for C, O, _ in LAYERS]
+    ws = [rng.standard_normal((O, C, 3, 3), dtype=np.float32) * 0.1 for C, O, _ in LAYERS]
     bs = [np.zeros(O, dtype=np.float32) for _, O, _ in LAYERS]
     params = [Tensor(a, requires_grad=True) for a in ws + bs]
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
@@ -168,7 +170,8 @@ def breakdown(batch: int, rounds: int) -> None:
                 t = _ms(fn)
                 if r:
                     times[k].append(t)
-        print(f"{C}→{O} @{H}²: " + "  ".join(f"{k} {statistics.median(v):.1f}" for k, v in times.items()), flush=True)
+        cells = "  ".join(f"{k} {statistics.median(v):.1f}" for k, v in times.items())
+        print(f"{C}→{O} @{H}²: {cells}", flush=True)
 
 
 def layouts(batch: int, rounds: int) -> None:
@@ -198,8 +201,8 @@ def layouts(batch: int, rounds: int) -> None:
                 t = _ms(fn)
                 if r:
                     times[k].append(t)
-        print(f"{C}→{O} @{H}² (M={M}, K={K}): "
-              + "  ".join(f"{k} {statistics.median(v):.1f}/{min(v):.1f}" for k, v in times.items()), flush=True)
+        cells = "  ".join(f"{k} {statistics.median(v):.1f}/{min(v):.1f}" for k, v in times.items())
+        print(f"{C}→{O} @{H}² (M={M}, K={K}): {cells}", flush=True)
 
 
 if __name__ == "__main__":
@@ -208,7 +211,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-time", action="store_true",
-                        help="measure process CPU time, not wall time (steadier on a busy machine; use with --threads 1)")
+                        help="process CPU time, not wall time (steadier on a busy machine; with --threads 1)")
     parser.add_argument("--nchw", action="store_true", help="run tinyclip in NCHW (default: channels-last)")
     parser.add_argument("--stack", action="store_true", help="the whole five-block stack as one graph")
     parser.add_argument("--breakdown", action="store_true", help="time the pieces of tinyclip's block")

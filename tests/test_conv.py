@@ -138,7 +138,8 @@ def test_conv2d_gradcheck(case):
         inputs.append(rng.standard_normal(case["w"][0]))
 
     def fn(*ts):
-        return conv2d(*ts, stride=case["stride"], padding=case["padding"], channels_last=case["channels_last"])
+        return conv2d(*ts, stride=case["stride"], padding=case["padding"],
+                      channels_last=case["channels_last"])
 
     gradcheck(fn, inputs)
 
@@ -294,7 +295,8 @@ def test_against_torch():
     x = rng.standard_normal((2, 3, 10, 9))
     w, b = rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    yt = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(xt, wt, bt, stride=1, padding=1)), 2)
+    F = torch.nn.functional
+    yt = F.max_pool2d(torch.relu(F.conv2d(xt, wt, bt, stride=1, padding=1)), 2)
     gy = rng.standard_normal(tuple(yt.shape))
     yt.backward(torch.tensor(gy))
     for channels_last in (False, True):

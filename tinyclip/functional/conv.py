@@ -7,7 +7,8 @@ PyTorch's ``(O, C, kh, kw)``, so state dicts carry over unchanged.
 conv2d is one matrix product (im2col). Copy the kh×kw window under every output pixel into a
 row of a patch matrix; each output pixel is then a dot product of its row with each filter:
 
-    x (N, H, W, C) ──im2col──► cols (N·Ho·Wo, kh·kw·C) ──@ Wᵀ (kh·kw·C, O)──► y (N·Ho·Wo, O) = (N, Ho, Wo, O)
+    x (N, H, W, C) ──im2col──► cols (N·Ho·Wo, kh·kw·C)
+    cols @ Wᵀ (kh·kw·C, O) ──► y (N·Ho·Wo, O), which is (N, Ho, Wo, O)
 
 Backward is the same product, transposed:  dW = gyᵀ @ cols,  db = Σ gy,  dcols = gy @ W, and
 ``col2im`` adds each row of dcols back onto the window it was copied from, giving dx.
@@ -32,7 +33,7 @@ def _pair(value) -> tuple:
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
-    """Output length of a convolution or pooling along one axis: (size + 2·padding - kernel) // stride + 1."""
+    """Output length of a convolution or pooling along an axis: (size + 2·padding - kernel) // stride + 1."""
     out = (size + 2 * padding - kernel) // stride + 1
     if out < 1:
         raise ValueError(f"kernel {kernel} does not fit an input of size {size} with padding {padding}")
@@ -113,8 +114,8 @@ def im2col(x, kernel_size, stride=1, padding=0, out=None):
     N, H, W, C = x.shape
     Ho, Wo = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
     x = _pad(x, ph, pw)
-    # A view with one axis per window offset, made of strides alone (no copy):
-    # windows[n, ho, wo, i, j] is the C-vector x[n, ho·sh + i, wo·sw + j]. Writing it into `out` is the one copy.
+    # A view with one axis per window offset, made of strides alone (no copy): windows[n, ho, wo, i, j]
+    # is the C-vector x[n, ho·sh + i, wo·sw + j]. Writing it into `out` is the one copy.
     sN, sH, sW, sC = x.strides
     windows = xp.lib.stride_tricks.as_strided(x, (N, Ho, Wo, kh, kw, C), (sN, sH * sh, sW * sw, sH, sW, sC))
     if out is None:

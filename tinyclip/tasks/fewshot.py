@@ -165,9 +165,9 @@ def chest_xray_source(options: dict, image_size: int, seed: int = 0, run_data: s
     n_train = int(options.get("synthetic_n", 1000))
 
     def load():
-        train_images, train_labels = make_synthetic_chest_xray(n_train, image_size, seed=seed + SYNTHETIC_TRAIN_SEED)
-        test_images, test_labels = make_synthetic_chest_xray(SYNTHETIC_TEST, image_size, seed=seed + SYNTHETIC_TEST_SEED)
-        return train_images, train_labels, test_images, test_labels
+        train = make_synthetic_chest_xray(n_train, image_size, seed=seed + SYNTHETIC_TRAIN_SEED)
+        test = make_synthetic_chest_xray(SYNTHETIC_TEST, image_size, seed=seed + SYNTHETIC_TEST_SEED)
+        return (*train, *test)
 
     return {"name": "synthetic", "key": ["synthetic", n_train, SYNTHETIC_TEST, image_size, seed], "load": load}
 
