@@ -81,11 +81,14 @@ print(f"model from {run_dir} (epoch {state['epoch']}); image size {model.config.
 # 1. frozen features, computed once
 # ---------------------------------------------------------------------------
 section("1. the image tower as a frozen feature extractor")
-options = {"synthetic_n": 200 if QUICK else 1000}
+run_data = state["args"]["data"]
+if run_data != "synthetic" and not args.chest_dir:
+    raise SystemExit(f"this run was trained on {run_data} data: give --chest-dir (the Kermany chest_xray folder); "
+                     "synthetic chest X-rays are meant for runs trained on synthetic pairs")
+options = {"synthetic_n": 100 if QUICK else 1000}
 if args.chest_dir:
     options["chest_dir"] = args.chest_dir
-source = fewshot.chest_xray_source(options, model.config.image_size, seed=0,
-                                   run_data="synthetic" if not args.chest_dir else "real")
+source = fewshot.chest_xray_source(options, model.config.image_size, seed=0, run_data=run_data)
 t0 = time.perf_counter()
 arrays, cached = fewshot.extract_features(model, source, out, "clip", log=lambda s: print("  " + s))
 print(f"{source['name']} chest X-rays: train {arrays['train_x'].shape}, test {arrays['test_x'].shape} "
@@ -110,7 +113,7 @@ print(f"balanced sample: {np.bincount(train_y[index]).tolist()} (normal, pneumon
 manual_seed(0)
 head = heads.mlp_head(train_x.shape[1], 1)
 print(head)
-summary = heads.fit(head, train_x[index], train_y[index].astype(np.float32), "binary", steps=300,
+summary = heads.fit(head, train_x[index], train_y[index].astype(np.float32), "binary", steps=100 if QUICK else 300,
                     weight_decay=1e-4)
 print(f"{summary['steps']} Adam steps in {summary['seconds']:.2f}s; held out: {summary['n_val']} images "
       f"(too few to hold any out, so weight decay alone limits memorising)")
@@ -124,7 +127,7 @@ print(f"test accuracy {heads.accuracy(test_y, (logits > 0).astype(test_y.dtype))
 section("3. accuracy vs number of labelled images, several seeds each")
 options.update(shots="10,50,all" if QUICK else "10,20,50,100,200,500,all", seeds=2 if QUICK else 3)
 if QUICK:
-    options["head_steps"] = 60
+    options["head_steps"] = 40
 ctx = EvalContext(model, state, None, None, None, None, out, options, seed=0)
 metrics = fewshot.run(ctx, log=lambda s: print("  " + s))
 print(f"majority-class baseline: {metrics['majority_baseline']:.3f}")
@@ -137,7 +140,7 @@ print(f"figure: {out / metrics['figure']}")
 
 section("4. the same heads on raw pixels (16 × 16 grey), without the image tower")
 pixels = fewshot.run(EvalContext(model, state, None, None, None, None, out,
-                                 {**options, "features": "pixels", "shots": "50,all"}, seed=0),
+                                 {**options, "features": "pixels", "shots": "all"}, seed=0),
                      log=lambda s: print("  " + s))
 
 keep_hint = "; --out DIR keeps the run and the figure" if scratch else ""

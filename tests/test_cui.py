@@ -119,7 +119,8 @@ def synthetic_ctx(tmp_path_factory):
 @pytest.mark.parametrize("init", ["clip", "scratch"])
 def test_run_end_to_end(synthetic_ctx, init):
     model, state, train, train_images, test, test_images, out = synthetic_ctx
-    options = {"top_k": "3", "cui_init": init, "cui_epochs": "1", "head_steps": "20"}
+    options = {"top_k": "3", "cui_init": init, "cui_epochs": "1", "head_steps": "20",
+               "cui_balance": "1" if init == "scratch" else "0"}
     ctx = EvalContext(model, state, test, test_images, train, train_images, out / init, options, seed=0)
     metrics = cui.run(ctx, log=lambda s: None)
     json.dumps(metrics)
@@ -132,6 +133,7 @@ def test_run_end_to_end(synthetic_ctx, init):
         assert set(scores["per_class_f1"]) == set(metrics["classes"])
         assert np.sum(scores["confusion"]) == metrics["n_eval"]
     assert metrics["caption_to_cui"]["init"] == init
+    assert metrics["class_weighting"] == ("balanced" if init == "scratch" else "none")
     multilabel = metrics["multilabel"]
     assert len(multilabel["labels"]) == 3 and multilabel["threshold"] == 0.5
     assert 0 <= multilabel["micro_f1"] <= 1 and 0 <= multilabel["macro_f1"] <= 1

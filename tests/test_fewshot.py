@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tinyclip.models import CLIP
-from tinyclip.tasks import fewshot, heads
+from tinyclip.tasks import TaskSkipped, fewshot, heads
 from tinyclip.tasks.common import EvalContext
 
 TINY = ["--epochs", "1", "--num-samples", "48", "--image-size", "32", "--conv-channels", "8,16", "--text-layers", "1",
@@ -207,3 +207,10 @@ def test_balanced_weights_and_weighted_fit():
         head = heads.linear_head(4, 1)
         heads.fit(head, x, y, "binary", steps=300, lr=5e-2, batch_size=200, balance=balance, val_fraction=0)
         assert heads.sigmoid(heads.predict(head, x[:1]))[0, 0] == pytest.approx(expected, abs=0.02)
+
+
+def test_real_run_without_chest_xrays_is_skipped(tiny_run, tmp_path):
+    ctx = _context(tiny_run, tmp_path, {})
+    ctx.state = {**ctx.state, "args": {**ctx.state["args"], "data": "roco"}}
+    with pytest.raises(TaskSkipped, match="chest-dir"):
+        fewshot.run(ctx, log=lambda s: None)

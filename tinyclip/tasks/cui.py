@@ -23,7 +23,10 @@ label set.
 
 Options read: ``top_k`` (K, default 10), ``cui_init`` ("clip" or "scratch"),
 ``cui_epochs`` (text classifier epochs, default 4), ``cui_lr`` (its learning
-rate, default 2e-4), ``head_steps`` and ``head_lr`` (the frozen-feature heads).
+rate, default 2e-4), ``cui_balance`` ("1": weight the first-CUI classes equally in
+the loss, which trades accuracy for macro-F1 since "other" is the majority; default
+off), ``head_steps`` and ``head_lr`` (the frozen-feature heads), ``batch_size``
+(pairs embedded at once).
 """
 
 from __future__ import annotations
@@ -130,16 +133,17 @@ def _row_ids(frame) -> list:
     return list(frame["id"]) if "id" in frame.columns else list(frame["caption"])
 
 
-def embeddings(ctx: EvalContext, log=print):
+def embeddings(ctx: EvalContext, batch_size: int = 128, log=print):
     """``(arrays, from_cache)``: unit image and caption embeddings of the train and evaluation parts."""
     key = cache_key("cui-features", 1, model_fingerprint(ctx.model), _row_ids(ctx.train_frame), _row_ids(ctx.frame))
 
     def compute():
         t0 = time.perf_counter()
-        arrays = {"train_image": ctx.model.embed_images(ctx.train_images),
-                  "eval_image": ctx.model.embed_images(ctx.images),
-                  "train_text": ctx.model.embed_texts(list(ctx.train_frame["caption"])),
-                  "eval_text": ctx.model.embed_texts(list(ctx.frame["caption"]))}
+        model = ctx.model
+        arrays = {"train_image": model.embed_images(ctx.train_images, batch_size=batch_size),
+                  "eval_image": model.embed_images(ctx.images, batch_size=batch_size),
+                  "train_text": model.embed_texts(list(ctx.train_frame["caption"]), batch_size=batch_size),
+                  "eval_text": model.embed_texts(list(ctx.frame["caption"]), batch_size=batch_size)}
         log(f"cui: embedded {len(ctx.train_frame)} + {len(ctx.frame)} pairs in {time.perf_counter() - t0:.1f}s")
         return arrays
 
@@ -182,7 +186,9 @@ def run(ctx: EvalContext, log=print) -> dict:
         text_settings["epochs"] = int(options["cui_epochs"])
     if options.get("cui_lr") is not None:
         text_settings["lr"] = float(options["cui_lr"])
-    head_settings = dict(HEAD_SETTINGS)
+    balance = str(options.get("cui_balance", "")).lower() in ("1", "true", "yes", "on")
+    text_settings["balance"] = balance
+    head_settings = dict(HEAD_SETTINGS, balance=balance)
     if options.get("head_steps") is not None:
         head_settings["steps"] = int(options["head_steps"])
     if options.get("head_lr") is not None:
@@ -220,7 +226,7 @@ def run(ctx: EvalContext, log=print) -> dict:
         f"  ({caption['seconds']:.0f}s)")
 
     # ----- frozen embeddings for 2. and 3.
-    arrays, from_cache = embeddings(ctx, log=log)
+    arrays, from_cache = embeddings(ctx, int(options.get("batch_size") or 128), log=log)
     train_img, eval_img = standardize(arrays["train_image"], arrays["train_image"], arrays["eval_image"])
     train_txt, eval_txt = standardize(arrays["train_text"], arrays["train_text"], arrays["eval_text"])
 
@@ -242,7 +248,7 @@ def run(ctx: EvalContext, log=print) -> dict:
     eval_both = np.concatenate([eval_img, eval_txt], axis=1)
     manual_seed(ctx.seed)
     head = mlp_head(train_both.shape[1], len(labels))
-    fit(head, train_both, train_t, "multilabel", seed=ctx.seed, **head_settings)
+    fit(head, train_both, train_t, "multilabel", seed=ctx.seed, **{**head_settings, "balance": False})
     predicted = predict(head, eval_both) > 0.0  # σ(logit) ≥ 0.5 ⇔ logit ≥ 0
     f1 = multilabel_f1(eval_t, predicted)
     multilabel = {"model": "frozen CLIP image + caption embeddings concatenated, MLP head (128, 64), sigmoid per CUI",
@@ -265,6 +271,7 @@ def run(ctx: EvalContext, log=print) -> dict:
         "other_share_eval": float((eval_y == len(classes)).mean()),
         "majority_class": names[majority],
         "majority_accuracy": accuracy(eval_y, np.full_like(eval_y, majority)),
+        "class_weighting": "balanced" if balance else "none",
         "caption_to_cui": caption,
         "image_to_cui": image,
         "multilabel": multilabel,
