@@ -272,6 +272,10 @@ def run(ctx: EvalContext, log=print) -> dict:
         "majority_class": names[majority],
         "majority_accuracy": accuracy(eval_y, np.full_like(eval_y, majority)),
         "class_weighting": "balanced" if balance else "none",
+        # flat copies of the headline numbers, for the evaluation summary table
+        "caption_accuracy": caption["accuracy"], "caption_macro_f1": caption["macro_f1"],
+        "image_accuracy": image["accuracy"], "image_macro_f1": image["macro_f1"],
+        "multilabel_micro_f1": multilabel["micro_f1"], "multilabel_macro_f1": multilabel["macro_f1"],
         "caption_to_cui": caption,
         "image_to_cui": image,
         "multilabel": multilabel,

@@ -361,6 +361,9 @@ def run(ctx: EvalContext, log=print) -> dict:
         "shots": curve["shots"],
         "mlp_hidden": list(hidden),
         "class_weighting": "balanced",
+        # flat copies of the headline numbers, for the evaluation summary table
+        **{f"accuracy_{name}_{label}": curve[name][label]["accuracy_mean"]
+           for name in ("mlp", "probe") for label in curve["shots"]},
         "mlp": curve["mlp"],
         "probe": curve["probe"],
         "figure": str(figure.name),
