@@ -106,13 +106,13 @@ class MatMul(Function):
         if a.ndim < 2 or b.ndim < 2:
             raise ValueError(f"matmul needs operands of at least 2 dims, got {a.shape} and {b.shape}")
         self.a, self.b = a, b
-        return a @ b
+        return _folded_matmul(a, b)
 
     def backward(self, gy):
         a, b = self.a, self.b
         ga = gb = None
         if self.needs_input_grad[0]:
-            ga = sum_to(gy @ b.swapaxes(-1, -2), a.shape)
+            ga = sum_to(_folded_matmul(gy, b.swapaxes(-1, -2)), a.shape)
         if self.needs_input_grad[1]:
             if b.ndim == 2 and a.ndim > 2:
                 # Fold the batch axes into rows: one large (K, M·batch) @ (M·batch, N) product.
@@ -120,6 +120,16 @@ class MatMul(Function):
             else:
                 gb = sum_to(a.swapaxes(-1, -2) @ gy, b.shape)
         return ga, gb
+
+
+def _folded_matmul(a, b):
+    """a @ b; when a (..., M, K) meets a plain matrix b (K, N), as one (batch·M, K) @ (K, N) product.
+
+    NumPy would otherwise run one small product per batch entry, much slower in OpenBLAS.
+    """
+    if a.ndim > 2 and b.ndim == 2:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+    return a @ b
 
 
 def add(a, b):
