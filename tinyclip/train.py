@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache-dir", help="where decoded ROCO images are cached (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
     t = p.add_argument_group("training")
     t.add_argument("--out", help="run directory (default: runs/<timestamp>)")
-    t.add_argument("--epochs", type=int, default=12, help="number of epochs (the total, also when resuming)")
+    t.add_argument("--epochs", type=int, default=7, help="number of epochs (the total, also when resuming)")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
     t.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
