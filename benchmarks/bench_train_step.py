@@ -33,10 +33,10 @@ How it measures, so the numbers can be trusted on a shared, noisy machine:
 - GFLOP are counted analytically from the configuration: every conv, linear and attention
   matmul, ×3 for forward + backward (the backward needs two matmuls per forward one).
 
-Before timing, a check subprocess runs one tinyclip step and confirms that the loss, every
-parameter and every gradient are float32; when torch is there it also loads tinyclip's
-weights into the PyTorch twin (``torch_reference.py``) and compares the loss and gradients
-in eval mode, so both sides are known to compute the same model.
+Before timing, a check subprocess (with ``--quick``: the first torch worker) runs one tinyclip
+step and confirms that the loss, every parameter and every gradient are float32; when torch is
+there it also loads tinyclip's weights into the PyTorch twin (``torch_reference.py``) and
+compares the loss and gradients in eval mode, so both sides are known to compute the same model.
 
 Only the standard library is imported at the top: NumPy, tinyclip and torch are imported
 inside the worker subprocesses, after the thread variables are set.
@@ -402,8 +402,9 @@ def check_worker(spec: dict) -> dict:
             if error > worst:
                 worst, worst_name = float(error), name
         a, b = float(loss.item()), float(twin_loss.item())
-        # float32 rounding alone reaches ≈ 1e-3 at the reference size: the first conv's weight gradient sums
-        # a million products that largely cancel (random images have mean 0). A real bug shows up as O(1).
+        # float32 rounding alone reaches ≈ 1e-3 at the reference size: against a float64 run, PyTorch's
+        # gradients of the first convs (sums over a million pixels) are off by up to ≈ 8e-4, tinyclip's by
+        # ≈ 1e-5. A real bug shows up as O(1).
         verdict = "OK" if abs(a - b) <= 1e-4 * max(1.0, abs(b)) and worst < 1e-2 else "MISMATCH"
         lines.append(f"same weights in PyTorch (eval mode): loss tinyclip {a:.6f} vs torch {b:.6f}; largest relative "
                      f"gradient difference {worst:.1e} ({worst_name}): {verdict}")
@@ -440,8 +441,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        worker = {"tinyclip": tinyclip_worker, "torch": torch_worker, "check": check_worker}[spec["framework"]]
-        report(worker(spec))
+        result = check_worker(spec) if spec.get("check") else {}
+        if spec["framework"] != "check":
+            result.update({"tinyclip": tinyclip_worker, "torch": torch_worker}[spec["framework"]](spec))
+        report(result)
         return
 
     cfg = QUICK if args.quick else REFERENCE
@@ -463,9 +466,12 @@ def main(argv=None) -> None:
         print("torch is not " + ("used (--no-torch)" if args.no_torch else "installed") + ": tinyclip alone")
     if args.quick:
         print("--quick: all rows run in one subprocess per framework, so the peak memory column is cumulative")
-    for line in run_worker(Path(__file__), dict(base, framework="check", torch=use_torch))["lines"]:
-        print(line)
-    sys.stdout.flush()
+    # The check runs first, in its own subprocess; --quick saves a second torch start-up (seconds) by
+    # running it inside the first worker of the last framework instead, before that worker's timing.
+    if not args.quick:
+        for line in run_worker(Path(__file__), dict(base, framework="check", check=True, torch=use_torch))["lines"]:
+            print(line)
+        sys.stdout.flush()
 
     # One subprocess per (row, framework), so each peak RSS is that configuration's own; --quick runs all
     # rows in one subprocess per framework (seconds instead of a minute; its peak RSS is then cumulative).
@@ -476,28 +482,28 @@ def main(argv=None) -> None:
         for group in groups:
             order = frameworks if round_index % 2 == 0 else frameworks[::-1]
             for fw in order:
-                result = run_worker(Path(__file__), dict(base, framework=fw, rows=group))
+                check = args.quick and round_index == 0 and group is groups[0] and fw == frameworks[-1]
+                result = run_worker(Path(__file__), dict(base, framework=fw, rows=group, check=check, torch=use_torch))
                 workers[fw].append(result)
+                for line in result.get("lines", []):
+                    print(line, flush=True)
                 for row in group:
                     results[fw, row].append(result["rows"][row])
                     print(f"  round {round_index + 1}/{args.rounds}  {row:<17} {fw:<8} "
                           f"median {fmt_ms(median_ms(result['rows'][row]['times'])):>6} ms", file=sys.stderr, flush=True)
 
     memory = "peak GPU mem" if args.device == "cuda" else "peak RSS"
-    header = ["row", "GFLOP", "tinyclip ms", "GFLOP/s tinyclip"]
-    if use_torch:
-        header += ["torch ms", "GFLOP/s torch", "ratio tinyclip/torch", f"{memory} tinyclip", f"{memory} torch"]
-    else:
-        header += [f"{memory} tinyclip"]
+    header = ["row", "tinyclip ms"] + (["torch ms", "ratio tinyclip/torch"] if use_torch else [])
+    header += ["GFLOP", "GFLOP/s tinyclip"] + (["GFLOP/s torch"] if use_torch else [])
+    header += [f"{memory} {fw}" for fw in frameworks]
     table = []
     for row in rows:
         gflop = row_gflop(cfg, row)
-        cells, ms = [row, f"{gflop:.3g}"], {}
-        for fw in frameworks:
-            ms[fw] = median_ms([t for r in results[fw, row] for t in r["times"]])
-        cells += [fmt_ms(ms["tinyclip"]), f"{gflop / ms['tinyclip'] * 1000:.3g}"]
+        ms = {fw: median_ms([t for r in results[fw, row] for t in r["times"]]) for fw in frameworks}
+        cells = [row, fmt_ms(ms["tinyclip"])]
         if use_torch:
-            cells += [fmt_ms(ms["torch"]), f"{gflop / ms['torch'] * 1000:.3g}", fmt_ratio(ms["tinyclip"], ms["torch"])]
+            cells += [fmt_ms(ms["torch"]), fmt_ratio(ms["tinyclip"], ms["torch"])]
+        cells += [f"{gflop:.3g}"] + [f"{gflop / ms[fw] * 1000:.3g}" for fw in frameworks]
         cells += [fmt_mib(max(r["peak_bytes"] for r in results[fw, row])) for fw in frameworks]
         table.append(cells)
     print()

@@ -11,14 +11,13 @@ crash between the two renames is detected instead of mixing two checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .backend import to_numpy
+from .io import atomic_write
 
 ARRAY_MARK = "__array__"
 
@@ -47,20 +46,6 @@ def _join_arrays(tree, arrays):
     return tree
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(directory, name: str, state: dict) -> Path:
     """Write ``state`` (nested dicts of JSON values and arrays) as ``directory/name.{npz,json}``."""
     directory = Path(directory)
@@ -69,9 +54,9 @@ def save_checkpoint(directory, name: str, state: dict) -> Path:
     meta = _split_arrays(state, "", arrays)
     tag = secrets.token_hex(8)
     arrays["__tag__"] = np.frombuffer(tag.encode(), dtype=np.uint8)
-    _atomic_write(directory / f"{name}.npz", lambda f: np.savez(f, **arrays))
+    atomic_write(directory / f"{name}.npz", lambda f: np.savez(f, **arrays))
     payload = json.dumps({"tag": tag, "state": meta}, indent=1).encode()
-    _atomic_write(directory / f"{name}.json", lambda f: f.write(payload))
+    atomic_write(directory / f"{name}.json", lambda f: f.write(payload))
     return directory / f"{name}.json"
 
 

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import textwrap
 import time
 import warnings
@@ -40,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_write
 from .tasks import DESCRIPTIONS, TASKS, TaskSkipped, get_task
 
 PROG = "python -m tinyclip.evaluate"
@@ -260,19 +259,7 @@ def merge_metrics(path: Path, results: dict) -> dict:
         if not isinstance(merged, dict):
             merged = {}
     merged.update(jsonable(results))
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(merged, f, indent=2, allow_nan=False)
-            f.write("\n")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(json.dumps(merged, indent=2, allow_nan=False) + "\n"), mode="w")
     return merged
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .io import atomic_write
 
 # [^\W_] is "a word character that is not an underscore": Unicode letters and digits.
 _WORD = re.compile(r"[^\W_]+")
@@ -145,15 +146,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as JSON; atomic, so a crash never leaves half a file."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: json.dump(self.to_dict(), f, ensure_ascii=False), mode="w")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:

@@ -30,6 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data.images import normalize
 from .data.pairs import SOURCES, load_pairs, run_split
 from .data.split import iterate_batches
+from .io import atomic_write
 from .models import CLIP, CLIPConfig
 from .tensor import Tensor, no_grad
 from .text import Tokenizer
@@ -145,10 +146,8 @@ def _plot_losses(history, path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _write_metrics(history, path: Path) -> None:

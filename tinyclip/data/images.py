@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+
+from ..io import atomic_write
 
 # Per-channel pixel statistics (on the 0..1 scale) of the 3,645 ROCO radiology
 # test images after the preprocessing above, at 128 px with the black padding.
@@ -101,17 +102,6 @@ def _cache_key(paths: Sequence[str], size: int) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def load_images(
     paths: Sequence[str | os.PathLike],
     size: int,
@@ -157,8 +147,8 @@ def load_images(
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         # The mask goes first: a cache entry counts only once the images file exists too.
-        _save_npy_atomic(ok_file, ok)
-        _save_npy_atomic(images_file, images)
+        atomic_write(ok_file, lambda f: np.save(f, ok))
+        atomic_write(images_file, lambda f: np.save(f, images))
     return images, ok
 
 

@@ -10,8 +10,6 @@ Images are uint8 ``(H, W, 3)`` as the data loaders return them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -19,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from ..io import atomic_write
 
 CORRECT = "#1a9850"  # green: the right answer
 WRONG = "#d73027"    # red: a wrong top answer
@@ -32,25 +32,7 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save(fig: Figure, path, dpi: int = 100) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def short(text: str, width: int = 40, lines: int = 2) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import nn, optim
 from ..backend import to_numpy
+from ..io import atomic_write
 from ..functional.loss import binary_cross_entropy_with_logits, cross_entropy
 from ..tensor import Tensor, no_grad
 
@@ -361,10 +362,7 @@ def cached_arrays(out_dir, prefix: str, key: str, compute):
         except (OSError, ValueError):
             pass  # a damaged file: compute again and overwrite it
     arrays = {k: np.asarray(v) for k, v in compute().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     _MEMORY[key] = arrays
     return arrays, False
 
