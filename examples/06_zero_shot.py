@@ -27,25 +27,16 @@ finally one line ``RESULT: ...``.
 """
 
 import argparse
-import os
-import tempfile
 import time
 
 import numpy as np
 
-from tinyclip import train
 from tinyclip.evaluate import load_run_pairs
-from tinyclip.models import CLIP
 from tinyclip.tasks import softmax, temperature
 from tinyclip.tasks.modality import (confusion_matrix, embed_prompts, label_captions, load_prompts,
                                      modality_from_caption, probs_mean_embedding, probs_mean_probability)
 
-QUICK = os.environ.get("TINYCLIP_EXAMPLE_QUICK") == "1"
-
-
-def section(title):
-    print(f"\n=== {title} ===")
-
+from _small_run import section, trained_run  # the small demo model that examples 06-08 share
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--run", help="a run directory of tinyclip.train (default: train a small model here)")
@@ -56,20 +47,8 @@ t_start = time.perf_counter()
 # ---------------------------------------------------------------------------
 # 0. a trained model
 # ---------------------------------------------------------------------------
-run_dir, scratch = args.run, None
-if run_dir is None:
-    section("0. training a small CLIP on synthetic image-caption pairs")
-    if args.out is None:
-        scratch = tempfile.TemporaryDirectory(prefix="tinyclip-example06-")
-    run_dir = args.out or scratch.name
-    size = ["--num-samples", "120", "--image-size", "16", "--epochs", "1"] if QUICK else \
-           ["--num-samples", "600", "--image-size", "32", "--epochs", "5"]
-    code = train.main(size + ["--conv-channels", "16,32,64", "--text-layers", "1", "--width", "64", "--heads", "4",
-                              "--ff-dim", "128", "--embed-dim", "64", "--max-len", "24", "--batch-size", "32",
-                              "--lr", "2e-3", "--patience", "0", "--no-progress", "--out", run_dir])
-    if code != 0:
-        raise SystemExit(f"training failed (exit status {code})")
-model, state = CLIP.from_checkpoint(run_dir, "best")
+# the run given with --run, or else a small CLIP trained here on synthetic pairs (see _small_run.py)
+model, state, run_dir = trained_run(args.run, args.out, prefix="tinyclip-example06")
 print(f"model from {run_dir} (epoch {state['epoch']}), temperature exp(logit_scale) = {temperature(model):.1f}")
 
 # ---------------------------------------------------------------------------
@@ -136,10 +115,8 @@ for c, name in enumerate(classes):
     total = matrix[c].sum()
     print(f"  {name:<12} {matrix[c, c]:>3}/{total:<3} " + (f"{matrix[c, c] / total:.2f}" if total else "-"))
 
-keep_hint = "; --out DIR keeps the run trained here" if scratch else ""
+keep_hint = "; --out DIR keeps the run trained here" if args.run is None and args.out is None else ""
 print(f"\n(python -m tinyclip.evaluate --run RUN_DIR --task modality writes these numbers and a confusion-matrix "
       f"figure{keep_hint}; {time.perf_counter() - t_start:.0f}s in all)")
-if scratch:
-    scratch.cleanup()
 print("RESULT: zero-shot modality accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
       + f" (majority baseline {majority:.3f}, n={len(y)})")

@@ -25,25 +25,17 @@ one line ``RESULT: ...``.
 """
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tinyclip import train
 from tinyclip.evaluate import load_run_pairs
-from tinyclip.models import CLIP
 from tinyclip.tasks import figures, softmax, temperature
 from tinyclip.tasks.retrieval import ranks, recall_at_k, retrieval_metrics, same_caption
 
-QUICK = os.environ.get("TINYCLIP_EXAMPLE_QUICK") == "1"
-
-
-def section(title):
-    print(f"\n=== {title} ===")
-
+from _small_run import QUICK, section, trained_run  # the small demo model that examples 06-08 share
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--run", help="a run directory of tinyclip.train (default: train a small model here)")
@@ -55,18 +47,8 @@ t_start = time.perf_counter()
 # ---------------------------------------------------------------------------
 # 0. a trained model
 # ---------------------------------------------------------------------------
-scratch = None
-if args.run is None:
-    section("0. training a small CLIP on synthetic image-caption pairs")
-    scratch = tempfile.TemporaryDirectory(prefix="tinyclip-example07-run-")
-    size = ["--num-samples", "120", "--image-size", "16", "--epochs", "1"] if QUICK else \
-           ["--num-samples", "600", "--image-size", "32", "--epochs", "5"]
-    code = train.main(size + ["--conv-channels", "16,32,64", "--text-layers", "1", "--width", "64", "--heads", "4",
-                              "--ff-dim", "128", "--embed-dim", "64", "--max-len", "24", "--batch-size", "32",
-                              "--lr", "2e-3", "--patience", "0", "--no-progress", "--out", scratch.name])
-    if code != 0:
-        raise SystemExit(f"training failed (exit status {code})")
-model, state = CLIP.from_checkpoint(args.run or scratch.name, "best")
+# the run given with --run, or else a small CLIP trained here on synthetic pairs (see _small_run.py)
+model, state, _ = trained_run(args.run, prefix="tinyclip-example07-run")  # --out is for the heatmap
 print(f"model of epoch {state['epoch']}, temperature exp(logit_scale) = {temperature(model):.1f}")
 
 # ---------------------------------------------------------------------------
@@ -122,8 +104,6 @@ m = min(8 if QUICK else 12, n)
 path = figures.similarity_heatmap(out / "retrieval_heatmap.png", softmax(temperature(model) * sim[:m, :m], axis=1),
                                   images[:m], captions[:m], title=f"softmax over {m} captions for each image")
 print(f"wrote {path}: row i = image i, its probabilities over the {m} captions; the diagonal is outlined")
-if scratch:
-    scratch.cleanup()
 
 print(f"\n({time.perf_counter() - t_start:.0f}s in all; python -m tinyclip.evaluate --run RUN_DIR --task retrieval "
       f"writes these metrics and three figures)")

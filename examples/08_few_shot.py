@@ -30,24 +30,16 @@ went, and finally one line ``RESULT: ...``.
 """
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tinyclip import manual_seed, train
-from tinyclip.models import CLIP
+from tinyclip import manual_seed
 from tinyclip.tasks import fewshot, heads
 from tinyclip.tasks.common import EvalContext
 
-QUICK = os.environ.get("TINYCLIP_EXAMPLE_QUICK") == "1"
-
-
-def section(title):
-    print(f"\n=== {title} ===")
-
+from _small_run import QUICK, section, trained_run  # the small demo model that examples 06-08 share
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--run", help="a run directory of tinyclip.train (default: train a small model here)")
@@ -59,20 +51,8 @@ t_start = time.perf_counter()
 # ---------------------------------------------------------------------------
 # 0. a trained model
 # ---------------------------------------------------------------------------
-run_dir, scratch = args.run, None
-if run_dir is None:
-    section("0. training a small CLIP on synthetic image-caption pairs")
-    if args.out is None:
-        scratch = tempfile.TemporaryDirectory(prefix="tinyclip-example08-")
-    run_dir = args.out or scratch.name
-    size = ["--num-samples", "120", "--image-size", "16", "--epochs", "1"] if QUICK else \
-           ["--num-samples", "600", "--image-size", "32", "--epochs", "5"]
-    code = train.main(size + ["--conv-channels", "16,32,64", "--text-layers", "1", "--width", "64", "--heads", "4",
-                              "--ff-dim", "128", "--embed-dim", "64", "--max-len", "24", "--batch-size", "32",
-                              "--lr", "2e-3", "--patience", "0", "--no-progress", "--out", run_dir])
-    if code != 0:
-        raise SystemExit(f"training failed (exit status {code})")
-model, state = CLIP.from_checkpoint(run_dir, "best")
+# the run given with --run, or else a small CLIP trained here on synthetic pairs (see _small_run.py)
+model, state, run_dir = trained_run(args.run, args.out, prefix="tinyclip-example08")
 out = Path(run_dir) / "eval"
 print(f"model from {run_dir} (epoch {state['epoch']}); image size {model.config.image_size}, "
       f"embedding {model.config.embed_dim}-d")
@@ -143,10 +123,8 @@ pixels = fewshot.run(EvalContext(model, state, None, None, None, None, out,
                                  {**options, "features": "pixels", "shots": "all"}, seed=0),
                      log=lambda s: print("  " + s))
 
-keep_hint = "; --out DIR keeps the run and the figure" if scratch else ""
+keep_hint = "; --out DIR keeps the run and the figure" if args.run is None and args.out is None else ""
 print(f"\n({time.perf_counter() - t_start:.0f}s in all{keep_hint})")
-if scratch:
-    scratch.cleanup()
 best = metrics["mlp"]["all"]
 print(f"RESULT: few-shot pneumonia accuracy on frozen CLIP features: MLP n={metrics['mlp'][metrics['shots'][0]]['n']} "
       f"{metrics['mlp'][metrics['shots'][0]]['accuracy_mean']:.3f}, n={best['n']} {best['accuracy_mean']:.3f}; "

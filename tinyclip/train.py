@@ -119,6 +119,12 @@ def validation_loss(model, images, ids, mask, index, batch_size: int) -> float:
     return total / max(count, 1)
 
 
+def chance_loss(n: int, batch_size: int) -> float:
+    """The contrastive loss of a model that knows nothing, over ``n`` pairs in batches: mean of ln(batch)."""
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    return sum(size * math.log(size) for size in sizes) / max(n, 1)
+
+
 def learning_rate(args, step: int, total_steps: int) -> float:
     if args.warmup_steps > 0:
         return optim.warmup_cosine(step, args.lr, args.warmup_steps, total_steps)
@@ -206,7 +212,8 @@ def run(args, log=print) -> dict:
     log(f"tinyclip.train: {len(frame)} pairs ({args.data}), train {len(train_idx)} / val {len(val_idx)} / "
         f"test {len(split['test'])}; vocabulary {tokenizer.vocab_size}; {model.num_parameters():,} parameters; "
         f"device {backend.default_device()}; out {out}")
-    log(f"chance level of the validation loss: ln(batch size) = {math.log(min(args.batch_size, len(val_idx))):.3f}")
+    log(f"chance level of the validation loss: {chance_loss(len(val_idx), args.batch_size):.4f} "
+        f"(ln of the batch size, averaged over the validation batches)")
 
     def checkpoint_state(epoch):
         return {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": model.state_dict(),
