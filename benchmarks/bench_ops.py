@@ -232,7 +232,6 @@ def repeat_timed(fn, sync, min_reps: int, min_time: float, max_reps: int = 200) 
 
 def ops_worker(spec: dict) -> dict:
     """Time every case in this process, for one framework; a case that fails reports its error."""
-    import numpy as np
     device, framework = spec["device"], spec["framework"]
     if framework == "torch":
         import torch
@@ -253,22 +252,26 @@ def ops_worker(spec: dict) -> dict:
     results = {}
     for case in spec["cases"]:
         try:
-            forward, leaves = build(case, device)
-            out = forward()
-            gy = to_device(np.asarray(np.random.default_rng(3).standard_normal(tuple(out.shape)), dtype=np.float32))
-
-            def forward_backward():
-                for t in leaves:
-                    t.grad = None
-                forward().backward(gy)
-            results[case["name"]] = {
-                "fwd": repeat_timed(forward, sync, spec["min_reps"], spec["min_time"]),
-                "fwd_bwd": repeat_timed(forward_backward, sync, spec["min_reps"], spec["min_time"]),
-            }
+            results[case["name"]] = time_case(build(case, device), to_device, sync, spec)
         except Exception as error:  # noqa: BLE001  (one broken op should not hide the others)
             results[case["name"]] = {"error": f"{type(error).__name__}: {error}"}
         print(f"    {framework:<8} {case['name']}", file=sys.stderr, flush=True)
     return results
+
+
+def time_case(built, to_device, sync, spec) -> dict:
+    """Seconds per call of the forward alone and of forward + backward with a fixed random ``gy``."""
+    import numpy as np
+    forward, leaves = built
+    out = forward()
+    gy = to_device(np.asarray(np.random.default_rng(3).standard_normal(tuple(out.shape)), dtype=np.float32))
+
+    def forward_backward():
+        for t in leaves:
+            t.grad = None
+        forward().backward(gy)
+    return {"fwd": repeat_timed(forward, sync, spec["min_reps"], spec["min_time"]),
+            "fwd_bwd": repeat_timed(forward_backward, sync, spec["min_reps"], spec["min_time"])}
 
 
 # ---------------------------------------------------------------------------
@@ -301,6 +304,11 @@ def pooled(results: list, name: str, key: str):
     return median_ms([t for r in results for t in r[name][key]])
 
 
+def gflops(case: dict, ms) -> str:
+    """GFLOP/s of forward + backward, for the ops that are matmul work."""
+    return f"{case['flops_fb'] / ms / 1e6:.0f}" if "flops_fb" in case and ms else "—"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
@@ -318,8 +326,8 @@ def main(argv=None) -> None:
     frameworks = list(FRAMEWORKS) if use_torch else ["tinyclip"]
 
     print(f"# tinyclip op benchmark ({'quick sizes' if args.quick else 'reference sizes, batch 64'})")
-    print(f"device {args.device}, {args.threads} thread(s); median over ≥ {args.min_reps} calls and ≥ {args.min_time} s "
-          f"per figure × {args.rounds} round(s); load average {load_average()} at the start")
+    print(f"device {args.device}, {args.threads} thread(s); median over ≥ {args.min_reps} calls and "
+          f"≥ {args.min_time} s per figure × {args.rounds} round(s); load average {load_average()} at the start")
     if not use_torch:
         print("torch is not " + ("used (--no-torch)" if args.no_torch else "installed") + ": tinyclip alone")
     sys.stdout.flush()
@@ -341,23 +349,22 @@ def main(argv=None) -> None:
     table, errors = [], []
     for case in cases:
         name = case["name"]
-        ms = {(fw, key): pooled(results[fw], name, key) for fw in frameworks for key in ("fwd", "fwd_bwd")}
-        for (fw, _), value in ms.items():
-            if isinstance(value, str):
-                errors.append(f"{fw} {name}: {value}")
-                ms[fw, "fwd"] = ms[fw, "fwd_bwd"] = None
-
-        def gflops(fw):
-            t = ms[fw, "fwd_bwd"]
-            return f"{case['flops_fb'] / t / 1e6:.0f}" if "flops_fb" in case and t else "—"
+        ms = {}
+        for fw in frameworks:
+            fwd, fwd_bwd = pooled(results[fw], name, "fwd"), pooled(results[fw], name, "fwd_bwd")
+            if isinstance(fwd, str):  # the op failed: its error text
+                errors.append(f"{fw} {name}: {fwd}")
+                fwd = fwd_bwd = None
+            ms[fw, "fwd"], ms[fw, "fwd_bwd"] = fwd, fwd_bwd
+        rate = {fw: gflops(case, ms[fw, "fwd_bwd"]) for fw in frameworks}
         if use_torch:
             table.append([name, fmt_ms(ms["tinyclip", "fwd"]), fmt_ms(ms["torch", "fwd"]),
                           fmt_ratio(ms["tinyclip", "fwd"], ms["torch", "fwd"]),
                           fmt_ms(ms["tinyclip", "fwd_bwd"]), fmt_ms(ms["torch", "fwd_bwd"]),
-                          fmt_ratio(ms["tinyclip", "fwd_bwd"], ms["torch", "fwd_bwd"]), gflops("tinyclip"),
-                          gflops("torch")])
+                          fmt_ratio(ms["tinyclip", "fwd_bwd"], ms["torch", "fwd_bwd"]),
+                          rate["tinyclip"], rate["torch"]])
         else:
-            table.append([name, fmt_ms(ms["tinyclip", "fwd"]), fmt_ms(ms["tinyclip", "fwd_bwd"]), gflops("tinyclip")])
+            table.append([name, fmt_ms(ms["tinyclip", "fwd"]), fmt_ms(ms["tinyclip", "fwd_bwd"]), rate["tinyclip"]])
     print()
     print(markdown_table(header, table))
     if use_torch:

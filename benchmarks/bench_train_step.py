@@ -22,9 +22,10 @@ Rows of the table:
 How it measures, so the numbers can be trusted on a shared, noisy machine:
 
 - every (row, framework) pair runs in a fresh subprocess, so its peak RSS
-  (``getrusage(RUSAGE_SELF).ru_maxrss``) is that configuration's alone; on a GPU the peak is
-  the CuPy memory pool's (``torch.cuda.max_memory_allocated`` for torch). ``--quick`` runs
-  all rows in one subprocess per framework instead, so there the peak is cumulative;
+  (``getrusage(RUSAGE_SELF).ru_maxrss``) is that configuration's alone; on a GPU it is the
+  peak memory held by the CuPy memory pool (for torch, ``torch.cuda.max_memory_reserved``, its
+  caching allocator's counterpart). ``--quick`` runs all rows in one subprocess per framework
+  instead, so there the peak is cumulative;
 - the thread count is fixed before NumPy or torch is imported in the subprocess
   (OMP/OPENBLAS/MKL_NUM_THREADS, and ``torch.set_num_threads``), the same for both;
 - tinyclip and torch alternate: within a round each row runs tinyclip then torch, and the
@@ -343,7 +344,7 @@ def torch_worker(spec: dict) -> dict:
             torch.cuda.reset_peak_memory_stats()
         times = time_row(row)
         rows[row] = {"times": times,
-                     "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()}
+                     "peak_bytes": torch.cuda.max_memory_reserved() if device == "cuda" else peak_rss_bytes()}
     return {"rows": rows, "rss_after_import": rss_after_import, "version": f"torch {torch.__version__}"}
 
 
@@ -375,7 +376,8 @@ def check_worker(spec: dict) -> dict:
         Adam(list(named.values()), lr=1e-4).step()
     bad += [f"parameter {n} is {p.dtype} after Adam" for n, p in named.items() if p.dtype != np.float32]
     if bad:
-        lines.append("dtype check: FAILED: " + "; ".join(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else ""))
+        more = f" (+{len(bad) - 8} more)" if len(bad) > 8 else ""
+        lines.append("dtype check: FAILED: " + "; ".join(bad[:8]) + more)
     else:
         lines.append(f"dtype check (tinyclip, one training step): loss, all {len(named)} parameters and their "
                      f"{len(named)} grads are float32, and stay float32 after Adam: OK")
@@ -459,9 +461,9 @@ def main(argv=None) -> None:
 
     print(f"# tinyclip training-step benchmark ({'quick sizes' if args.quick else 'reference workload'})")
     print(f"device {args.device}, {args.threads} thread(s), batch {cfg['batch']}, images {cfg['image_size']}², "
-          f"conv {cfg['conv_channels']}, text {cfg['text_layers']} blocks × width {cfg['width']}, seq {cfg['max_len']}, "
-          f"vocab {cfg['vocab_size']}; median of {args.steps} steps after {args.warmup} warm-up × {args.rounds} round(s); "
-          f"load average {load_average()} at the start")
+          f"conv {cfg['conv_channels']}, text {cfg['text_layers']} blocks × width {cfg['width']}, "
+          f"seq {cfg['max_len']}, vocab {cfg['vocab_size']}; median of {args.steps} steps after {args.warmup} "
+          f"warm-up × {args.rounds} round(s); load average {load_average()} at the start")
     if not use_torch:
         print("torch is not " + ("used (--no-torch)" if args.no_torch else "installed") + ": tinyclip alone")
     if args.quick:
@@ -489,8 +491,9 @@ def main(argv=None) -> None:
                     print(line, flush=True)
                 for row in group:
                     results[fw, row].append(result["rows"][row])
-                    print(f"  round {round_index + 1}/{args.rounds}  {row:<17} {fw:<8} "
-                          f"median {fmt_ms(median_ms(result['rows'][row]['times'])):>6} ms", file=sys.stderr, flush=True)
+                    median = fmt_ms(median_ms(result["rows"][row]["times"]))
+                    print(f"  round {round_index + 1}/{args.rounds}  {row:<17} {fw:<8} median {median:>6} ms",
+                          file=sys.stderr, flush=True)
 
     memory = "peak GPU mem" if args.device == "cuda" else "peak RSS"
     header = ["row", "tinyclip ms"] + (["torch ms", "ratio tinyclip/torch"] if use_torch else [])

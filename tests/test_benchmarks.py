@@ -17,8 +17,9 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def run_script(name, *args):
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", "--device", "cpu", "--threads", "1", *args],
-                          capture_output=True, text=True, timeout=120)
+    # One thread: with 2, OpenBLAS stalls for scheduler ticks whenever other work shares the cores.
+    command = [sys.executable, str(BENCHMARKS / name), "--quick", "--device", "cpu", "--threads", "1", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
