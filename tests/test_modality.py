@@ -13,7 +13,8 @@ from tinyclip.tasks import softmax
 from tinyclip.tasks.modality import (MODALITIES, class_vectors, confusion_matrix, label_captions, load_prompts,
                                      methods_for, modalities_in_caption, modality_from_caption, per_class_scores,
                                      probs_mean_embedding, probs_mean_probability)
-from tinyclip.tasks.pneumonia import average_ranks, parse_prompts, roc_auc, roc_points
+from tinyclip.tasks.heads import average_ranks, roc_auc
+from tinyclip.tasks.pneumonia import parse_prompts, roc_points
 
 # Real ROCO caption phrasings (test split), some shortened, with the modality they name; None when
 # they name none of the six or several modalities.

@@ -250,6 +250,13 @@ def accuracy(y_true, y_pred) -> float:
     return float((y_true == y_pred).mean()) if y_true.size else float("nan")
 
 
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks of ``values`` in ascending order; tied values share the mean of their ranks."""
+    _, inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # rank of the last member of each group of equal values
+    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
 def roc_auc(y_true, scores) -> float:
     """Area under the ROC curve: P(score of a random positive > score of a random negative), ties count ½.
 
@@ -257,19 +264,10 @@ def roc_auc(y_true, scores) -> float:
     with tied scores sharing their average rank. NaN when one class is absent.
     """
     y_true = np.asarray(y_true).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
     pos, neg = int(y_true.sum()), int((~y_true).sum())
     if pos == 0 or neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    # average the ranks inside each group of equal scores
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for start, count in zip(first, counts):
-        if count > 1:
-            ranks[order[start:start + count]] = start + (count + 1) / 2
+    ranks = average_ranks(np.asarray(scores, dtype=np.float64))
     return float((ranks[y_true].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 

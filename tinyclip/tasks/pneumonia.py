@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import TaskSkipped, figures, softmax, temperature
+from .heads import roc_auc
 from .modality import class_vectors, embed_prompts
 
 CLASS_NAMES = ("normal", "pneumonia")
@@ -39,29 +40,6 @@ SYNTHETIC_SEED_OFFSET = 2000
 # ---------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``values`` in ascending order; tied values share the mean of their ranks."""
-    _, inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)                 # rank of the last member of each group of equal values
-    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
-
-
-def roc_auc(labels, scores) -> float:
-    """Area under the ROC curve by the rank statistic (Mann–Whitney U).
-
-    AUC = P(score of a random positive > score of a random negative), a tie
-    counting ½: ``(Σ ranks of positives − P(P+1)/2) / (P·N)`` with average ranks
-    for ties. NaN when one class is missing.
-    """
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    pos, neg = int(labels.sum()), int((~labels).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    r = average_ranks(scores)
-    return float((r[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
-
 
 def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     """False and true positive rates at every threshold, from (0, 0) to (1, 1)."""
