@@ -1,4 +1,4 @@
-"""Writing files so that an interrupt never leaves a half-written one behind.
+"""Files: written so that an interrupt never leaves a half-written one, and JSON read with clear errors.
 
 Every file tinyclip writes (checkpoints, tokenizers, image caches, metrics, figures)
 goes to a temporary file in the same folder first and is then renamed over the
@@ -8,6 +8,7 @@ the new one, never a mix.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,17 @@ def atomic_write(path, write, mode: str = "wb") -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def read_json(path, what: str = "file"):
+    """The JSON value in ``path``; a missing or malformed file is an error naming ``what`` and the path."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 def _umask() -> int:

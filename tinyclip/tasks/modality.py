@@ -22,12 +22,12 @@ class is scored once, a set with more is scored both ensemble ways.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
+from ..io import read_json
 from . import TaskSkipped, figures, softmax, temperature
 
 MODALITIES = ("ct", "mri", "ultrasound", "fluoroscopy", "xray", "angiography")
@@ -147,12 +147,7 @@ def label_captions(captions) -> tuple[list, dict]:
 def load_prompts(path=None) -> dict:
     """``{set name: {class: [prompts]}}`` from a JSON file, checked; all sets must share their classes."""
     path = Path(path) if path else DEFAULT_PROMPTS
-    try:
-        sets = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prompt file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"prompt file {path} is not valid JSON: {e}") from None
+    sets = read_json(path, "prompt file")
     if not isinstance(sets, dict) or not sets:
         raise ValueError(f"prompt file {path}: expected {{\"set\": {{\"class\": [\"prompt\", ...]}}}}")
     classes = None

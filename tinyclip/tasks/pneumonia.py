@@ -21,12 +21,12 @@ statistic, and the majority-class baseline.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..io import read_json
 from . import TaskSkipped, figures, softmax, temperature
 from .heads import roc_auc
 from .modality import class_vectors, embed_prompts
@@ -95,13 +95,7 @@ def parse_prompts(value) -> dict:
     if value is None:
         return {k: list(v) for k, v in DEFAULT_PROMPTS.items()}
     if isinstance(value, (str, Path)) and str(value).endswith(".json"):
-        path = Path(value)
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"pneumonia prompt file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"pneumonia prompt file {path} is not valid JSON: {e}") from None
+        value = read_json(value, "pneumonia prompt file")
     elif isinstance(value, str):
         parts = [p.strip() for p in value.split(";")]
         if len(parts) != 2 or not all(parts):
