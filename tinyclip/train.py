@@ -132,7 +132,7 @@ def learning_rate(args, step: int, total_steps: int) -> float:
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss became NaN or infinite: training stops, the last good checkpoint stays."""
 
 
 # ---------------------------------------------------------------------------
@@ -140,11 +140,13 @@ class NonFiniteLoss(RuntimeError):
 # ---------------------------------------------------------------------------
 
 def _plot_losses(history, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure on the Agg canvas: no pyplot, so no global backend switch in the caller's process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
     ax.set_xlabel("epoch")
@@ -153,7 +155,6 @@ def _plot_losses(history, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
 
 
 def _write_metrics(history, path: Path) -> None:
