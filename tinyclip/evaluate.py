@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.pairs import check_ids, load_pairs
 from .io import atomic_write
 from .tasks import DESCRIPTIONS, TASKS, TaskSkipped, get_task
 
@@ -154,24 +155,10 @@ def task_options(args) -> dict:
 # ---------------------------------------------------------------------------
 
 def _load(source, data_dir, num_samples, seed, image_size, cache_dir, progress):
-    from .data.pairs import load_pairs
     if source == "roco" and data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
     return load_pairs(source, data_dir, image_size=image_size, num_samples=num_samples, seed=seed,
                       cache_dir=cache_dir, progress=progress)
-
-
-def check_ids(frame, saved_ids, where: str) -> None:
-    """Fail unless the rebuilt pairs are exactly the run's pairs, in the same order."""
-    ids = [str(i) for i in frame["id"]]
-    saved = [str(i) for i in saved_ids]
-    if ids == saved:
-        return
-    first = next((i for i, (a, b) in enumerate(zip(ids, saved)) if a != b), min(len(ids), len(saved)))
-    detail = (f"{len(ids)} pairs now vs {len(saved)} in training" if len(ids) != len(saved)
-              else f"first difference at pair {first}: {ids[first]!r} vs {saved[first]!r}")
-    raise ValueError(f"the pairs rebuilt from {where} are not the ones the run was trained on ({detail}); "
-                     f"point --data-dir at the run's data, or use --split all")
 
 
 def load_run_pairs(state, data_dir=None, cache_dir=None, progress: bool = False):
@@ -184,7 +171,7 @@ def load_run_pairs(state, data_dir=None, cache_dir=None, progress: bool = False)
     where = data_dir if source == "roco" else f"synthetic data (seed {run_args.get('seed', 0)})"
     frame, images = _load(source, data_dir, run_args.get("num_samples", 2000), run_args.get("seed", 0),
                           int(state["config"]["image_size"]), cache_dir, progress)
-    check_ids(frame, state.get("ids", []), where)
+    check_ids(frame, state.get("ids", []), where, hint="point --data-dir at the run's data, or use --split all")
     return frame, images
 
 

@@ -370,6 +370,7 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
 
     A NumPy scalar (``np.sqrt(d)`` is a float64) counts as a number too, and a float
     next to an integer tensor becomes the default float dtype rather than being truncated.
+    A raw float array takes ``like``'s float dtype as well.
     """
     if isinstance(x, Tensor):
         return x
@@ -380,6 +381,8 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
         if dtype.kind in "biu" and isinstance(x, float):
             dtype = backend.default_dtype()
         return Tensor(like.xp.asarray(x, dtype=dtype))
+    if like is not None and x.dtype.kind == "f" and like.dtype.kind == "f" and x.dtype != like.dtype:
+        x = x.astype(like.dtype)  # a float64 array next to a float32 tensor would make the graph float64
     return Tensor(x)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from . import backend, optim
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.images import normalize
-from .data.pairs import SOURCES, load_pairs, run_split
+from .data.pairs import SOURCES, check_ids, load_pairs, run_split
 from .data.split import iterate_batches
 from .io import atomic_write
 from .models import CLIP, CLIPConfig
@@ -158,11 +158,14 @@ def _plot_losses(history, path: Path) -> None:
 
 
 def _write_metrics(history, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss", "seconds", "lr"])
+    fields = ["epoch", "train_loss", "val_loss", "seconds", "lr"]
+
+    def write(f):
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        for h in history:
-            writer.writerow({k: h[k] for k in writer.fieldnames})
+        writer.writerows({k: h[k] for k in fields} for h in history)
+
+    atomic_write(path, write, mode="w")
 
 
 def run(args, log=print) -> dict:
@@ -181,7 +184,11 @@ def run(args, log=print) -> dict:
     frame, images = load_pairs(args.data, args.data_dir, image_size=args.image_size if not resumed else
                                resumed["config"]["image_size"], num_samples=args.num_samples, seed=args.seed,
                                cache_dir=args.cache_dir, progress=not args.no_progress)
-    split = run_split(len(frame), args.split_seed)
+    if resumed:  # the very pairs and split of the original run, or a clear error
+        check_ids(frame, resumed["ids"], args.data_dir or "the synthetic generator", hint="resume with the same data")
+        split = {k: np.asarray(v, dtype=np.int64) for k, v in resumed["split"].items()}
+    else:
+        split = run_split(len(frame), args.split_seed)
     train_idx, val_idx = split["train"], split["val"]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(f"{len(frame)} pairs are too few for a train/validation split")

@@ -47,6 +47,19 @@ def load_pairs(source: str, data_dir=None, image_size: int = 128, num_samples: i
     return frame, images
 
 
+def check_ids(frame, saved_ids, where: str, hint: str = "") -> None:
+    """Fail unless the rebuilt pairs are exactly a run's pairs (``saved_ids``), in the same order."""
+    ids = [str(i) for i in frame["id"]]
+    saved = [str(i) for i in saved_ids]
+    if ids == saved:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(ids, saved)) if a != b), min(len(ids), len(saved)))
+    detail = (f"{len(ids)} pairs now vs {len(saved)} in training" if len(ids) != len(saved)
+              else f"first difference at pair {first}: {ids[first]!r} vs {saved[first]!r}")
+    raise ValueError(f"the pairs rebuilt from {where} are not the ones the run was trained on ({detail})"
+                     + (f"; {hint}" if hint else ""))
+
+
 def run_split(n: int, seed: int, fractions=(0.64, 0.16, 0.20)) -> dict:
     """The train/val/test index arrays of a run, as in the report (64/16/20 after a seeded shuffle)."""
     train, val, test = split_indices(n, fractions, seed)

@@ -158,7 +158,7 @@ class BinaryCrossEntropyWithLogits(Function):
         if x.shape != t.shape:
             raise ValueError(f"binary_cross_entropy_with_logits: logits {x.shape} and targets {t.shape} "
                              "must have the same shape")
-        if t.dtype.kind != "f":
+        if t.dtype != x.dtype:  # float64 targets must not turn a float32 loss into float64
             t = t.astype(x.dtype)
         xp = get_array_module(x)
         self.x, self.t = x, t

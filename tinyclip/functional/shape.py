@@ -42,8 +42,10 @@ class Transpose(Function):
 
 
 def _is_advanced(index) -> bool:
+    """True unless every part is an int, slice, None or Ellipsis (basic indexing picks each element once)."""
     parts = index if isinstance(index, tuple) else (index,)
-    return any(hasattr(p, "shape") or isinstance(p, (list, bool)) for p in parts)
+    return not all(p is None or p is Ellipsis or isinstance(p, slice)
+                   or (isinstance(p, int) and not isinstance(p, bool)) for p in parts)
 
 
 class GetItem(Function):

@@ -52,6 +52,7 @@ class TextEncoder(nn.Module):
             raise ValueError(f"TextEncoder expects ids and padding_mask of shape (N, L<= {self.max_len}), "
                              f"got {tuple(ids.shape)} and {tuple(mask.shape)}")
         xp = self.token_embedding.weight.xp
+        ids, mask = xp.asarray(ids), xp.asarray(mask)  # NumPy input (the tokenizer's) on a GPU model
         positions = xp.arange(ids.shape[1])
         x = self.token_embedding(ids) + self.position_embedding(positions)
         for block in self.blocks:

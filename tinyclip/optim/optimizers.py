@@ -254,9 +254,20 @@ def clip_grad_norm(params, max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    # One dot product per gradient (BLAS), summed in float64; a single transfer from the GPU.
-    squares = [backend.get_array_module(g).vdot(g.ravel(), g.ravel()).astype("float64") for g in grads]
-    total = math.sqrt(float(sum(squares)))
+    # One dot product per gradient (BLAS), each on the gradient scaled by its largest entry so a
+    # float32 sum cannot overflow; the sum of parts is in float64.
+    total_sq = 0.0
+    for g in grads:
+        xp = backend.get_array_module(g)
+        peak = float(xp.abs(g).max()) if g.size else 0.0
+        if peak > 0.0 and math.isfinite(peak):
+            scaled = g.ravel() / peak
+            total_sq += float(xp.vdot(scaled, scaled)) * peak * peak
+        elif not math.isfinite(peak):
+            total_sq = math.inf
+    total = math.sqrt(total_sq)
+    if not math.isfinite(total):
+        return total  # a NaN/inf gradient: leave it for the caller to see, do not zero everything
     coef = float(max_norm) / (total + 1e-6)
     if coef < 1.0:
         scaled = set()
