@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from tinyclip.evaluate import load_run_pairs
-from tinyclip.tasks import softmax, temperature
+from tinyclip.tasks import softmax
 from tinyclip.tasks.modality import (confusion_matrix, embed_prompts, label_captions, load_prompts,
                                      modality_from_caption, probs_mean_embedding, probs_mean_probability)
 
@@ -49,7 +49,7 @@ t_start = time.perf_counter()
 # ---------------------------------------------------------------------------
 # the run given with --run, or else a small CLIP trained here on synthetic pairs (see _small_run.py)
 model, state, run_dir = trained_run(args.run, args.out, prefix="tinyclip-example06")
-print(f"model from {run_dir} (epoch {state['epoch']}), temperature exp(logit_scale) = {temperature(model):.1f}")
+print(f"model from {run_dir} (epoch {state['epoch']}), temperature exp(logit_scale) = {model.temperature():.1f}")
 
 # ---------------------------------------------------------------------------
 # 1. ground truth from the captions
@@ -83,7 +83,7 @@ for name, prompts in prompt_sets.items():
           f"(→ <unk>): {unknown or 'none'}")
 single = embed_prompts(model, prompt_sets["single"])       # per class: (1, D)
 prompt_matrix = np.concatenate(single)                      # (C, D)
-logits = temperature(model) * image_emb @ prompt_matrix.T  # (N, C): scaled cosine similarities
+logits = model.temperature() * image_emb @ prompt_matrix.T  # (N, C): scaled cosine similarities
 probs_single = softmax(logits, axis=1)
 print(f"image 0 (true: {classes[y[0]]}):")
 for c, name in enumerate(classes):
@@ -95,7 +95,7 @@ for c, name in enumerate(classes):
 # ---------------------------------------------------------------------------
 section("3. prompt ensembles, two ways")
 ensemble = embed_prompts(model, prompt_sets["ensemble"])   # per class: (P_c, D)
-scale = temperature(model)
+scale = model.temperature()
 results = {
     "single prompt": probs_single,
     "ensemble, mean of probabilities": probs_mean_probability(image_emb, ensemble, scale),

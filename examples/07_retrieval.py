@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyclip.evaluate import load_run_pairs
-from tinyclip.tasks import figures, softmax, temperature
+from tinyclip.tasks import figures, softmax
 from tinyclip.tasks.retrieval import ranks, recall_at_k, retrieval_metrics, same_caption
 
 from _small_run import QUICK, section, trained_run  # the small demo model that examples 06-08 share
@@ -49,7 +49,7 @@ t_start = time.perf_counter()
 # ---------------------------------------------------------------------------
 # the run given with --run, or else a small CLIP trained here on synthetic pairs (see _small_run.py)
 model, state, _ = trained_run(args.run, prefix="tinyclip-example07-run")  # --out is for the heatmap
-print(f"model of epoch {state['epoch']}, temperature exp(logit_scale) = {temperature(model):.1f}")
+print(f"model of epoch {state['epoch']}, temperature exp(logit_scale) = {model.temperature():.1f}")
 
 # ---------------------------------------------------------------------------
 # 1. the similarity matrix
@@ -75,7 +75,7 @@ section("2. ranks: where does the right caption land?")
 positives = same_caption(captions)  # (N, N) bool, the diagonal and identical captions
 print(f"{len(set(captions))} distinct captions among {n}")
 i2t = ranks(sim, positives)  # one rank per image (row); ties count against the correct caption
-probs = softmax(temperature(model) * sim, axis=1)  # each image's distribution over all N captions
+probs = softmax(model.temperature() * sim, axis=1)  # each image's distribution over all N captions
 for i in range(3):
     order = np.argsort(-sim[i], kind="stable")[:3]
     print(f"image {i} — its caption: {captions[i]!r}, rank {i2t[i]}")
@@ -101,7 +101,7 @@ for stat in ("median", "mean"):
 # ---------------------------------------------------------------------------
 section("4. similarity heatmap of the first pairs")
 m = min(8 if QUICK else 12, n)
-path = figures.similarity_heatmap(out / "retrieval_heatmap.png", softmax(temperature(model) * sim[:m, :m], axis=1),
+path = figures.similarity_heatmap(out / "retrieval_heatmap.png", softmax(model.temperature() * sim[:m, :m], axis=1),
                                   images[:m], captions[:m], title=f"softmax over {m} captions for each image")
 print(f"wrote {path}: row i = image i, its probabilities over the {m} captions; the diagonal is outlined")
 

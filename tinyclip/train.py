@@ -27,12 +27,11 @@ import numpy as np
 
 from . import backend, optim
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data.images import normalize
 from .data.pairs import SOURCES, check_ids, load_pairs, run_split
 from .data.split import iterate_batches
 from .io import atomic_write
 from .models import CLIP, CLIPConfig
-from .tensor import Tensor, no_grad
+from .tensor import no_grad
 from .text import Tokenizer
 
 RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "lr", "optimizer", "weight_decay",
@@ -102,8 +101,7 @@ def _int_list(text: str) -> tuple:
 def batch_tensors(model, images, ids, mask, index):
     """The model inputs of the pairs at ``index``, on the model's device."""
     xp = model.logit_scale.xp
-    return (Tensor(normalize(images[index], dtype=model.logit_scale.dtype, xp=xp)),
-            xp.asarray(ids[index]), xp.asarray(mask[index]))
+    return model.image_input(images[index]), xp.asarray(ids[index]), xp.asarray(mask[index])
 
 
 def validation_loss(model, images, ids, mask, index, batch_size: int) -> float:

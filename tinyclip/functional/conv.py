@@ -18,6 +18,8 @@ Sizes follow PyTorch (floor mode): ``Ho = (H + 2·padding - kh) // stride + 1``.
 
 from __future__ import annotations
 
+import math
+
 from ..backend import get_array_module
 from ..tensor import Function, is_grad_enabled
 
@@ -60,9 +62,7 @@ class _Scratch:
         """An uninitialised C-contiguous array of ``shape``: a view of the shared buffer."""
         if xp.__name__ != "numpy":
             return xp.empty(shape, dtype=dtype)
-        size = 1
-        for n in shape:
-            size *= n
+        size = math.prod(shape)
         key = xp.dtype(dtype).str
         buffer = self.buffers.get(key)
         if buffer is None or buffer.size < size:

@@ -8,6 +8,8 @@ log-likelihood in one op, whose gradient is simply (softmax - target).
 
 from __future__ import annotations
 
+import math
+
 from ..backend import get_array_module
 from ..tensor import Function
 
@@ -38,10 +40,7 @@ def _reduced_grad(xp, gy, shape, reduction):
     """The gradient of the reduction: d(loss_i) for each element, shaped ``shape``."""
     if reduction == "none":
         return gy
-    count = 1
-    for n in shape:
-        count *= n
-    g = gy / count if reduction == "mean" else gy
+    g = gy / math.prod(shape) if reduction == "mean" else gy
     return xp.broadcast_to(g, shape)
 
 

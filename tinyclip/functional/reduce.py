@@ -5,6 +5,8 @@ Backward restores the reduced axes as size 1 and broadcasts the gradient over th
 
 from __future__ import annotations
 
+import math
+
 from ..backend import get_array_module
 from ..tensor import Function
 
@@ -42,7 +44,7 @@ class Mean(Sum):
 
     def forward(self, x):
         y = super().forward(x)
-        self.count = _prod(x.shape[a] for a in self.axes)
+        self.count = math.prod(x.shape[a] for a in self.axes)
         return y / self.count
 
     def backward(self, gy):
@@ -71,7 +73,7 @@ class Max(Function):
         xp = get_array_module(gy)
         kept_shape = [self.x_shape[i] for i in self.perm[: len(self.perm) - len(self.axes)]]
         reduced = [self.x_shape[i] for i in self.axes]
-        flat = xp.zeros(kept_shape + [_prod(reduced)], dtype=gy.dtype)
+        flat = xp.zeros(kept_shape + [math.prod(reduced)], dtype=gy.dtype)
         xp.put_along_axis(flat, self.arg[..., None], gy.reshape(kept_shape)[..., None], axis=-1)
         inverse = sorted(range(len(self.perm)), key=self.perm.__getitem__)
         return flat.reshape(kept_shape + reduced).transpose(inverse)
@@ -87,19 +89,12 @@ class Var(Function):
         self.axes = _normalize_axis(self.axis, x.ndim)
         self.x_shape = x.shape
         self.centered = x - x.mean(axis=self.axes, keepdims=True)
-        self.count = _prod(x.shape[a] for a in self.axes)
+        self.count = math.prod(x.shape[a] for a in self.axes)
         return (self.centered ** 2).mean(axis=self.axes, keepdims=self.keepdims)
 
     def backward(self, gy):
         gy = gy.reshape(_keepdims_shape(self.x_shape, self.axes))
         return gy * self.centered * (2 / self.count)
-
-
-def _prod(values):
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 def sum(x, axis=None, keepdims=False):

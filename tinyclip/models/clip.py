@@ -89,14 +89,20 @@ class CLIP(nn.Module):
         return model, state
 
     # ----- inference helpers -------------------------------------------------
-    def _image_input(self, images):
+    def temperature(self) -> float:
+        """The learned scale ``exp(logit_scale)`` that multiplies cosine similarities."""
+        return float(np.exp(to_numpy(self.logit_scale.data).reshape(-1)[0]))
+
+    def image_input(self, images):
+        """Images as the image tower's input Tensor on the model's device: uint8 ``(N, S, S, 3)`` are normalised."""
         images = images.data if isinstance(images, Tensor) else images
         xp = self.logit_scale.xp
         if images.dtype == np.uint8:  # (N, S, S, 3) as decoded: normalise here
             return Tensor(normalize(images, dtype=self.logit_scale.dtype, xp=xp))
         return Tensor(xp.asarray(images, dtype=self.logit_scale.dtype))
 
-    def _text_input(self, captions):
+    def text_input(self, captions):
+        """``(ids, padding_mask)`` of captions (strings are tokenised; a tuple passes through)."""
         if isinstance(captions, tuple):
             return captions
         if self.tokenizer is None:
@@ -108,11 +114,11 @@ class CLIP(nn.Module):
 
         ``images``: uint8 ``(N, S, S, 3)`` as decoded, or normalised float ``(N, 3, S, S)``.
         """
-        return self._embed(lambda s: self.encode_image(self._image_input(images[s])), len(images), batch_size)
+        return self._embed(lambda s: self.encode_image(self.image_input(images[s])), len(images), batch_size)
 
     def embed_texts(self, captions, batch_size: int = 256) -> np.ndarray:
         """Unit caption embeddings ``(N, D)``; ``captions``: list of strings or ``(ids, padding_mask)``."""
-        ids, mask = self._text_input(captions)
+        ids, mask = self.text_input(captions)
         xp = self.logit_scale.xp
         return self._embed(lambda s: self.encode_text(xp.asarray(ids[s]), xp.asarray(mask[s])), len(ids), batch_size)
 
@@ -132,6 +138,6 @@ class CLIP(nn.Module):
         ``axis=-1``: for each image, a distribution over the captions; ``axis=0``: for
         each caption, a distribution over the images.
         """
-        logits = float(np.exp(to_numpy(self.logit_scale.data)[0])) * (
+        logits = self.temperature() * (
             self.embed_images(images) @ self.embed_texts(captions).T)
         return to_numpy(softmax(Tensor(logits), axis=axis).data)

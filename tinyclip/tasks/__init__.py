@@ -54,14 +54,8 @@ def get_task(name: str):
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``exp(x) / Σ exp(x)`` along ``axis``, computed after subtracting the max so it cannot overflow."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def temperature(model) -> float:
-    """The learned logit scale ``exp(logit_scale)`` that multiplies cosine similarities."""
-    from ..backend import to_numpy
-    return float(np.exp(to_numpy(model.logit_scale.data).reshape(-1)[0]))
+    """The kernel's (max-subtracted) softmax on a plain float64 NumPy array, no graph recorded."""
+    from ..functional.loss import softmax as softmax_kernel
+    from ..tensor import Tensor, no_grad
+    with no_grad():
+        return softmax_kernel(Tensor(np.asarray(logits, dtype=np.float64)), axis=axis).data

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_json
-from . import TaskSkipped, figures, softmax, temperature
+from . import TaskSkipped, figures, softmax
 
 MODALITIES = ("ct", "mri", "ultrasound", "fluoroscopy", "xray", "angiography")
 OTHER = "other"  # a modality outside the six (PET, SPECT, scintigraphy, OCT, ophthalmic angiography)
@@ -272,7 +272,7 @@ def run(ctx) -> dict:
     index = np.flatnonzero(keep)
     images = ctx.images[index]
     image_emb = ctx.model.embed_images(images, int(ctx.options.get("batch_size", 128))).astype(np.float64)
-    scale = temperature(ctx.model)
+    scale = ctx.model.temperature()
 
     class_counts = np.bincount(labels, minlength=len(classes))
     majority = int(np.argmax(class_counts))

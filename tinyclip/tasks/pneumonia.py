@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_json
-from . import TaskSkipped, figures, softmax, temperature
+from . import TaskSkipped, figures, softmax
 from .heads import roc_auc
 from .modality import class_vectors, embed_prompts
 
@@ -120,7 +120,7 @@ def zero_shot_probs(model, images: np.ndarray, prompts: dict, batch_size: int = 
     """``(N, 2)`` probabilities of normal / pneumonia."""
     image_emb = model.embed_images(images, batch_size).astype(np.float64)
     vectors = class_vectors(embed_prompts(model, prompts))
-    return softmax(temperature(model) * image_emb @ vectors.T, axis=1)
+    return softmax(model.temperature() * image_emb @ vectors.T, axis=1)
 
 
 def run(ctx) -> dict:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import figures, softmax, temperature
+from . import figures, softmax
 
 KS = (1, 5, 10)
 
@@ -108,7 +108,7 @@ def run(ctx) -> dict:
     metrics = retrieval_metrics(sim, positives)
     metrics["n_unique_captions"] = int(len(set(" ".join(c.split()) for c in captions)))
 
-    scale = temperature(ctx.model)
+    scale = ctx.model.temperature()
     metrics["figures"] = _figures(ctx, sim * scale, positives, captions)
     return metrics
 
