@@ -32,3 +32,21 @@ class EvalContext:
     out: Path
     options: dict = field(default_factory=dict)
     seed: int = 0
+    _embeddings: dict = field(default_factory=dict, repr=False)
+
+    def image_embeddings(self) -> np.ndarray:
+        """Unit embeddings ``(N, D)`` of ``images``: computed once, shared by every task of the run."""
+        if "images" not in self._embeddings:
+            self._embeddings["images"] = self.model.embed_images(self.images, self.batch_size)
+        return self._embeddings["images"]
+
+    def text_embeddings(self) -> np.ndarray:
+        """Unit embeddings ``(N, D)`` of ``frame``'s captions, computed once like the images'."""
+        if "texts" not in self._embeddings:
+            captions = [str(c) for c in self.frame["caption"]]
+            self._embeddings["texts"] = self.model.embed_texts(captions, self.batch_size)
+        return self._embeddings["texts"]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.options.get("batch_size", 128))

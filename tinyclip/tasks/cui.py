@@ -141,9 +141,9 @@ def embeddings(ctx: EvalContext, batch_size: int = 128, log=print):
         t0 = time.perf_counter()
         model = ctx.model
         arrays = {"train_image": model.embed_images(ctx.train_images, batch_size=batch_size),
-                  "eval_image": model.embed_images(ctx.images, batch_size=batch_size),
+                  "eval_image": ctx.image_embeddings(),
                   "train_text": model.embed_texts(list(ctx.train_frame["caption"]), batch_size=batch_size),
-                  "eval_text": model.embed_texts(list(ctx.frame["caption"]), batch_size=batch_size)}
+                  "eval_text": ctx.text_embeddings()}
         log(f"cui: embedded {len(ctx.train_frame)} + {len(ctx.frame)} pairs in {time.perf_counter() - t0:.1f}s")
         return arrays
 

@@ -270,8 +270,7 @@ def run(ctx) -> dict:
                           f"({counts['none']} name none, {counts['several']} several)")
     labels = np.array([classes.index(p) for p, k in zip(parsed, keep) if k])
     index = np.flatnonzero(keep)
-    images = ctx.images[index]
-    image_emb = ctx.model.embed_images(images, int(ctx.options.get("batch_size", 128))).astype(np.float64)
+    image_emb = ctx.image_embeddings()[index].astype(np.float64)
     scale = ctx.model.temperature()
 
     class_counts = np.bincount(labels, minlength=len(classes))
@@ -306,7 +305,7 @@ def run(ctx) -> dict:
     # A few examples of each class, scored by the last method (an ensemble with the default prompts).
     last = list(all_probs)[-1]
     show = np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(len(classes))])[:12]
-    figures.image_grid(ctx.out / "modality_examples.png", images[show], labels[show], all_probs[last][show],
+    figures.image_grid(ctx.out / "modality_examples.png", ctx.images[index[show]], labels[show], all_probs[last][show],
                        classes, title=f"zero-shot modality ({last})")
     result["figures"] = ["modality_confusion.png", "modality_examples.png"]
     return result

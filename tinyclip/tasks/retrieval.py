@@ -102,7 +102,7 @@ def run(ctx) -> dict:
     if n < 2:
         from . import TaskSkipped
         raise TaskSkipped(f"retrieval needs at least 2 pairs, got {n}")
-    image_emb, text_emb = embed_pairs(ctx.model, ctx.images, captions, int(ctx.options.get("batch_size", 128)))
+    image_emb, text_emb = ctx.image_embeddings(), ctx.text_embeddings()
     sim = image_emb.astype(np.float64) @ text_emb.astype(np.float64).T
     positives = same_caption(captions)
     metrics = retrieval_metrics(sim, positives)
