@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import one_line_warnings
 from .data.pairs import check_ids, load_pairs
 from .io import atomic_write
 from .tasks import DESCRIPTIONS, TASKS, TaskSkipped, get_task
@@ -328,9 +329,7 @@ def _message(e: BaseException) -> str:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        with one_line_warnings():
             results, problems = evaluate(args)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

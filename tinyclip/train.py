@@ -19,13 +19,13 @@ import csv
 import math
 import sys
 import time
-import warnings
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from . import backend, optim
+from .cli import one_line_warnings
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.pairs import SOURCES, check_ids, load_pairs, run_split
 from .data.split import iterate_batches
@@ -296,9 +296,7 @@ def _progress(iterable, total, desc, disable):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        with one_line_warnings():
             run(args)
     except NonFiniteLoss as e:
         print(f"tinyclip.train: {e}", file=sys.stderr)
