@@ -254,25 +254,25 @@ def clip_grad_norm(params, max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    # One dot product per gradient (BLAS), each on the gradient scaled by its largest entry so a
-    # float32 sum cannot overflow; the sum of parts is in float64.
+    # One dot product per gradient (BLAS), summed in float64. A float32 sum of squares can
+    # overflow on huge gradients: only then redo that one scaled by its largest entry.
     total_sq = 0.0
     for g in grads:
         xp = backend.get_array_module(g)
-        peak = float(xp.abs(g).max()) if g.size else 0.0
-        if peak > 0.0 and math.isfinite(peak):
-            scaled = g.ravel() / peak
-            total_sq += float(xp.vdot(scaled, scaled)) * peak * peak
-        elif not math.isfinite(peak):
-            total_sq = math.inf
+        square = float(xp.vdot(g.ravel(), g.ravel()))
+        if math.isinf(square):
+            peak = float(xp.abs(g).max())
+            scaled = g.ravel() / peak if math.isfinite(peak) else g.ravel()
+            square = float(xp.vdot(scaled, scaled)) * peak * peak
+        total_sq += square
     total = math.sqrt(total_sq)
     if not math.isfinite(total):
         return total  # a NaN/inf gradient: leave it for the caller to see, do not zero everything
     coef = float(max_norm) / (total + 1e-6)
     if coef < 1.0:
-        scaled = set()
+        done = set()
         for g in grads:
-            if id(g) not in scaled:  # one array may be the grad of two parameters: scale it once
-                scaled.add(id(g))
+            if id(g) not in done:  # one array may be the grad of two parameters: scale it once
+                done.add(id(g))
                 g *= coef
     return total
