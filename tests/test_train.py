@@ -71,7 +71,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
 
 def test_early_stopping(tmp_path, capsys):
     out = tmp_path / "run"
-    assert train.main(TINY + ["--epochs", "30", "--lr", "0", "--patience", "2", "--out", str(out)]) == 0
+    assert train.main(TINY + ["--epochs", "30", "--lr", "1e-30", "--patience", "2", "--out", str(out)]) == 0
     assert len(losses(out)) == 3  # the first epoch sets the best; two more without improvement
     assert "early stop" in capsys.readouterr().out
 

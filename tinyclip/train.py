@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
+import secrets
 import sys
 import time
 from datetime import datetime
@@ -25,21 +27,28 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, optim
-from .cli import one_line_warnings
+from .cli import OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int, probability
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.pairs import SOURCES, check_ids, load_pairs, run_split
 from .data.split import iterate_batches
-from .io import atomic_write
+from .io import atomic_write, remove_stale_temporaries, run_lock
 from .models import CLIP, CLIPConfig
 from .tensor import no_grad
 from .text import Tokenizer
 
+# The files of a run directory (a new run refuses a directory that holds any of them).
+RUN_FILES = ("last.npz", "best.npz", "last.json", "best.json", "metrics.csv")
 RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "lr", "optimizer", "weight_decay",
              "warmup_steps", "grad_clip", "max_vocab", "min_freq", "patience", "split_seed")
+# Flags that may differ from the saved run when resuming; every other flag given with --resume must match it.
+MAY_CHANGE_ON_RESUME = ("epochs", "data_dir", "device", "no_progress", "cache_dir", "resume", "out")
+# The model flags, saved in the checkpoint's config rather than its args.
+MODEL_FLAGS = ("image_size", "conv_channels", "text_layers", "width", "heads", "ff_dim", "dropout", "embed_dim",
+               "max_len")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m tinyclip.train",
         description="Train tinyclip's CLIP model (CNN image tower + transformer text tower) with the symmetric "
                     "contrastive loss. Writes checkpoints (last, best), metrics.csv and loss_curve.png to --out.",
@@ -48,39 +57,42 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", choices=SOURCES, default="synthetic",
                    help="synthetic: generated radiology-like pairs, nothing to download; roco: a ROCO folder")
     d.add_argument("--data-dir", help="ROCO split folder with captions.txt, cuis.txt and images/ (for --data roco)")
-    d.add_argument("--num-samples", type=int, default=2000, help="number of synthetic pairs")
-    d.add_argument("--split-seed", type=int, default=0, help="seed of the 64/16/20 train/val/test split")
-    d.add_argument("--max-vocab", type=int, default=5000, help="tokenizer vocabulary size, padding and unknown included")
-    d.add_argument("--min-freq", type=int, default=1, help="words seen fewer times in training become <unk>")
+    d.add_argument("--num-samples", type=positive_int, default=2000, help="number of synthetic pairs")
+    d.add_argument("--split-seed", type=nonnegative_int, default=0, help="seed of the 64/16/20 train/val/test split")
+    d.add_argument("--max-vocab", type=positive_int, default=5000, help="tokenizer vocabulary size, padding and unknown included")
+    d.add_argument("--min-freq", type=positive_int, default=1, help="words seen fewer times in training become <unk>")
     d.add_argument("--cache-dir", help="where decoded ROCO images are cached (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
     t = p.add_argument_group("training")
-    t.add_argument("--out", help="run directory (default: runs/<timestamp>)")
-    t.add_argument("--epochs", type=int, default=7, help="number of epochs (the total, also when resuming)")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
+    t.add_argument("--out", help="run directory (default: a new runs/<timestamp>-<random>); an existing run is "
+                   "never replaced unless --overwrite is given")
+    t.add_argument("--overwrite", action="store_true", help="allow --out to name an existing run, replacing it")
+    t.add_argument("--epochs", type=positive_int, default=7, help="number of epochs (the total, also when resuming)")
+    t.add_argument("--batch-size", type=positive_int, default=64)
+    t.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate")
     t.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps, then cosine decay to 0 "
+    t.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
+    t.add_argument("--warmup-steps", type=nonnegative_int, default=0, help="linear warmup steps, then cosine decay to 0 "
                    "(with 0: a constant learning rate)")
-    t.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    t.add_argument("--patience", type=int, default=3,
+    t.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="clip the global gradient norm (0: off)")
+    t.add_argument("--patience", type=nonnegative_int, default=3,
                    help="stop after this many epochs without a better validation loss (0: never stop early)")
-    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout, shuffling and synthetic data")
-    t.add_argument("--device", choices=backend.DEVICES, default="auto", help="cpu (NumPy) or cuda (CuPy)")
+    t.add_argument("--seed", type=nonnegative_int, default=0, help="seed of initialisation, dropout, shuffling and synthetic data")
+    t.add_argument("--device", choices=backend.DEVICES, default=os.environ.get("TINYCLIP_DEVICE", "auto").lower(),
+                   help="cpu (NumPy) or cuda (CuPy); the default comes from $TINYCLIP_DEVICE")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     m = p.add_argument_group("model")
     defaults = CLIPConfig()
-    m.add_argument("--image-size", type=int, default=defaults.image_size)
+    m.add_argument("--image-size", type=positive_int, default=defaults.image_size)
     m.add_argument("--conv-channels", type=_int_list, default=defaults.conv_channels,
                    help="comma-separated channels of the conv blocks, e.g. 16,32,64,128,256")
-    m.add_argument("--text-layers", type=int, default=defaults.text_layers)
-    m.add_argument("--width", type=int, default=defaults.width, help="text tower width")
-    m.add_argument("--heads", type=int, default=defaults.heads)
-    m.add_argument("--ff-dim", type=int, default=defaults.ff_dim)
-    m.add_argument("--dropout", type=float, default=defaults.dropout)
-    m.add_argument("--embed-dim", type=int, default=defaults.embed_dim)
-    m.add_argument("--max-len", type=int, default=defaults.max_len)
+    m.add_argument("--text-layers", type=positive_int, default=defaults.text_layers)
+    m.add_argument("--width", type=positive_int, default=defaults.width, help="text tower width")
+    m.add_argument("--heads", type=positive_int, default=defaults.heads)
+    m.add_argument("--ff-dim", type=positive_int, default=defaults.ff_dim)
+    m.add_argument("--dropout", type=probability, default=defaults.dropout)
+    m.add_argument("--embed-dim", type=positive_int, default=defaults.embed_dim)
+    m.add_argument("--max-len", type=positive_int, default=defaults.max_len)
     return p
 
 
@@ -129,8 +141,44 @@ def learning_rate(args, step: int, total_steps: int) -> float:
     return optim.constant(step, args.lr)
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite: training stops, the last good checkpoint stays."""
+class Diverged(RuntimeError):
+    """The loss became non-finite, the weights non-finite, or the loss stuck at or far above chance."""
+
+
+def on_disk(out: Path, history) -> str:
+    """What an interrupted run leaves: the last finished epoch's checkpoint, or nothing yet."""
+    if history and (out / "last.npz").is_file():
+        return f"the checkpoint of epoch {history[-1]['epoch']} (the last finished) is kept in {out}"
+    return f"no epoch finished, so no checkpoint was written in {out}"
+
+
+def _check_divergence(model, epoch: int, losses, batch_chance, out: Path, history) -> None:
+    """Stop on non-finite weights, or from the second epoch on a training loss far above or stuck at chance."""
+    xp = model.logit_scale.xp
+    if not all(bool(xp.isfinite(p.data).all()) for p in model.parameters()):
+        raise Diverged(f"the weights became non-finite in epoch {epoch}: training stopped; {on_disk(out, history)}")
+    if epoch < 2:
+        return
+    loss, chance = float(np.mean(losses)), float(np.mean(batch_chance))
+    if loss > 2 * chance:
+        raise Diverged(f"the training loss of epoch {epoch} ({loss:.4f}) is above twice the chance level "
+                       f"({chance:.4f}): training diverged (try a lower --lr); {on_disk(out, history)}")
+    # Collapsed embeddings give every batch exactly ln(batch size): the model has stopped learning anything.
+    if np.allclose(losses, batch_chance, rtol=1e-4, atol=0):
+        raise Diverged(f"the training loss of epoch {epoch} sits exactly at the chance level ({chance:.4f}) in "
+                       f"every batch: the embeddings collapsed (try a lower --lr); {on_disk(out, history)}")
+
+
+def _saved_split(saved, n: int, where: Path) -> dict:
+    """The saved train/val/test indices as arrays, checked against the ``n`` pairs."""
+    try:
+        split = {k: np.asarray(saved[k], dtype=np.int64) for k in ("train", "val", "test")}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {where} is damaged: its split is not three lists of indices ({e})") from None
+    for k, v in split.items():
+        if v.ndim != 1 or (v.size and (v.min() < 0 or v.max() >= n)):
+            raise ValueError(f"checkpoint {where} is damaged: its {k} split has indices outside the {n} pairs")
+    return split
 
 
 # ---------------------------------------------------------------------------
@@ -171,20 +219,85 @@ def run(args, log=print) -> dict:
     backend.set_default_device(args.device)
     resumed = None
     if args.resume:
-        resumed = load_checkpoint(args.resume, "last")
-        for key in RESUMABLE:  # the data, split and optimisation settings of the original run
-            setattr(args, key, resumed["args"][key])
-        args.out = args.resume
-    out = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)
+        resumed = _load_resumable(args)
+        out = Path(args.resume)
+    else:
+        out = _new_run_dir(args.out, args.overwrite)
+    with run_lock(out):
+        for tmp in remove_stale_temporaries(out):
+            log(f"removed {tmp.name}, left by an interrupted write")
+        history = resumed["history"] if resumed else []
+        try:
+            return _train(args, out, resumed, history, log)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; {on_disk(out, history)}") from None
 
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the message says what is on disk."""
+
+
+def _new_run_dir(out, overwrite: bool) -> Path:
+    """The directory of a new run: ``out``, refused when it holds a run (unless ``overwrite``), or a fresh default."""
+    if out is None:  # a timestamp and a random suffix, created exclusively: two runs never share it
+        while True:
+            out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+            try:
+                out.mkdir(parents=True)
+                return out
+            except FileExistsError:
+                continue
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    if not overwrite and out.is_dir() and any((out / name).exists() for name in RUN_FILES):
+        raise ValueError(f"--out {out} already holds a run: continue it with --resume {out}, choose a new --out, "
+                         f"or replace it with --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be created: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out} is not writable")
+    return out
+
+
+def _load_resumable(args) -> dict:
+    """The ``last`` checkpoint of ``--resume``, its saved settings applied to ``args`` (conflicting flags refused)."""
+    resumed = load_checkpoint(args.resume, "last")
+    try:
+        saved_args, saved_config = dict(resumed["args"]), dict(resumed["config"])
+        for key in ("model", "optimizer", "tokenizer", "split", "ids", "history", "step", "rng", "shuffle_rng"):
+            resumed[key]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {Path(args.resume) / 'last'} is damaged: missing or wrong entry {e}") from None
+    given = getattr(args, "given", set())
+    saved = {**saved_args, **{k: saved_config.get(k) for k in MODEL_FLAGS}}
+    conflicts = [k for k in sorted(given) if k not in MAY_CHANGE_ON_RESUME and k in saved
+                 and _comparable(getattr(args, k)) != _comparable(saved[k])]
+    if conflicts:
+        raise ValueError("--resume continues the saved run; these flags differ from its settings: " + ", ".join(
+            f"--{k.replace('_', '-')} {getattr(args, k)} (saved: {saved[k]})" for k in conflicts))
+    for key in RESUMABLE:  # the data, split and optimisation settings of the original run
+        if key == "data_dir" and "data_dir" in given:
+            continue  # the data moved: the new folder is checked against the saved pair ids below
+        setattr(args, key, saved_args.get(key, getattr(args, key)))
+    return resumed
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _train(args, out: Path, resumed, history: list, log) -> dict:
+    """The training itself; ``history`` is the list of epoch rows, appended to in place."""
     backend.manual_seed(args.seed)
     frame, images = load_pairs(args.data, args.data_dir, image_size=args.image_size if not resumed else
                                resumed["config"]["image_size"], num_samples=args.num_samples, seed=args.seed,
                                cache_dir=args.cache_dir, progress=not args.no_progress)
     if resumed:  # the very pairs and split of the original run, or a clear error
         check_ids(frame, resumed["ids"], args.data_dir or "the synthetic generator", hint="resume with the same data")
-        split = {k: np.asarray(v, dtype=np.int64) for k, v in resumed["split"].items()}
+        split = _saved_split(resumed["split"], len(frame), Path(args.resume) / "last")
     else:
         split = run_split(len(frame), args.split_seed)
     train_idx, val_idx = split["train"], split["val"]
@@ -206,13 +319,13 @@ def run(args, log=print) -> dict:
     opt_class = optim.AdamW if args.optimizer == "adamw" else optim.Adam
     optimizer = opt_class(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     shuffle_rng = np.random.default_rng(args.seed)
-    history, step, best = [], 0, math.inf
+    step, best = 0, math.inf
     if resumed:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         shuffle_rng.bit_generator.state = resumed["shuffle_rng"]
         backend.set_rng_state(resumed["rng"])
-        history, step, best = resumed["history"], resumed["step"], resumed["best_val_loss"]
+        step, best = resumed["step"], resumed["best_val_loss"]
     steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     log(f"tinyclip.train: {len(frame)} pairs ({args.data}), train {len(train_idx)} / val {len(val_idx)} / "
@@ -237,7 +350,7 @@ def run(args, log=print) -> dict:
             break
         t0 = time.perf_counter()
         model.train()
-        losses = []
+        losses, batch_chance = [], []
         batches = iterate_batches(len(train_idx), args.batch_size, rng=shuffle_rng, shuffle=True)
         bar = _progress(batches, steps_per_epoch, f"epoch {epoch}/{args.epochs}", disable=args.no_progress)
         for batch in bar:
@@ -245,8 +358,8 @@ def run(args, log=print) -> dict:
             loss = model(*batch_tensors(model, images, ids, mask, train_idx[batch]))
             value = float(loss.item())
             if not math.isfinite(value):
-                raise NonFiniteLoss(f"loss became {value} at epoch {epoch}, step {step}: training stopped; "
-                                    f"the last good checkpoint is kept in {out}")
+                raise Diverged(f"loss became {value} at epoch {epoch}, step {step}: training stopped; "
+                               f"{on_disk(out, history)}")
             optimizer.zero_grad()
             loss.backward()
             if args.grad_clip > 0:
@@ -255,8 +368,10 @@ def run(args, log=print) -> dict:
             model.clamp_logit_scale()
             step += 1
             losses.append(value)
+            batch_chance.append(math.log(len(batch)))
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        _check_divergence(model, epoch, losses, batch_chance, out, history)
         val = validation_loss(model, images, ids, mask, val_idx, args.batch_size)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val,
                "seconds": round(time.perf_counter() - t0, 2), "lr": optimizer.lr}
@@ -273,6 +388,9 @@ def run(args, log=print) -> dict:
             f"{row['seconds']:.1f}s")
     if stopped:
         log(stopped)
+    if len(history) == start_epoch:
+        log(f"nothing trained: the run has done {start_epoch} epochs and --epochs is {args.epochs}"
+            + ("" if stopped else "; give a larger --epochs to train more"))
     best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"] if history else None
     log(f"done: best validation loss {best:.4f} at epoch {best_epoch}; checkpoints in {out}")
     return {"out": out, "history": history, "best_val_loss": best, "best_epoch": best_epoch}
@@ -293,20 +411,31 @@ def _progress(iterable, total, desc, disable):
     return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, file=sys.stderr)
 
 
+def given_flags(parser: argparse.ArgumentParser, argv) -> set:
+    """The destinations of the flags written on the command line (not left at their defaults)."""
+    unset = object()
+    probe = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    parser.parse_args(argv, namespace=probe)
+    return {k for k, v in vars(probe).items() if v is not unset}
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.given = given_flags(parser, argv)
     try:
         with one_line_warnings():
             run(args)
-    except NonFiniteLoss as e:
+    except (Diverged, Interrupted) as e:
         print(f"tinyclip.train: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, KeyError) as e:
+        return 130 if isinstance(e, Interrupted) else 1
+    except OSError as e:  # disk full, permissions: the previous checkpoint stays (every write is atomic)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"tinyclip.train: error: {e.strerror or e}{where}; files already written are intact", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, KeyError) as e:
         print(f"tinyclip.train: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("tinyclip.train: interrupted; the last finished epoch's checkpoint is kept", file=sys.stderr)
-        return 130
     return 0
 
 
