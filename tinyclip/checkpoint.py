@@ -14,6 +14,7 @@ still load.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -104,3 +105,12 @@ def _old_format_meta(directory: Path, name: str, arrays: dict) -> np.ndarray:
         raise ValueError(f"checkpoint {directory / name}: {name}.npz and {json_path.name} do not belong together "
                          f"(a tinyclip 0.1 write that was interrupted)")
     return np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def restoring(where):
+    """Turn the errors of rebuilding objects from a checkpoint's entries into one "damaged" ``ValueError``."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ValueError(f"checkpoint {where} is damaged: {type(e).__name__}: {e}") from None

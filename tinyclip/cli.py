@@ -13,7 +13,7 @@ import warnings
 def one_line_warnings():
     """Show every warning as one ``warning: ...`` line on stderr, without the source line Python adds."""
     with warnings.catch_warnings():
-        warnings.simplefilter("always")
+        warnings.simplefilter("once")  # a repeated warning (an overflow in every step) shows once
         warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
         yield
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import backend, optim
 from .cli import OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int, probability
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restoring, save_checkpoint
 from .data.pairs import SOURCES, check_ids, load_pairs, run_split
 from .data.split import iterate_batches
 from .io import atomic_write, remove_stale_temporaries, run_lock
@@ -145,28 +145,30 @@ class Diverged(RuntimeError):
     """The loss became non-finite, the weights non-finite, or the loss stuck at or far above chance."""
 
 
-def on_disk(out: Path, history) -> str:
-    """What an interrupted run leaves: the last finished epoch's checkpoint, or nothing yet."""
-    if history and (out / "last.npz").is_file():
-        return f"the checkpoint of epoch {history[-1]['epoch']} (the last finished) is kept in {out}"
-    return f"no epoch finished, so no checkpoint was written in {out}"
+def on_disk(out: Path) -> str:
+    """What an interrupted run leaves in ``out``: the last finished epoch's checkpoint, or nothing yet."""
+    try:
+        epoch = load_checkpoint(out, "last")["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no epoch finished, so no checkpoint was written in {out}"
+    return f"the checkpoint of epoch {epoch} (the last finished) is kept in {out}; continue with --resume {out}"
 
 
-def _check_divergence(model, epoch: int, losses, batch_chance, out: Path, history) -> None:
+def _check_divergence(model, epoch: int, losses, batch_chance, out: Path) -> None:
     """Stop on non-finite weights, or from the second epoch on a training loss far above or stuck at chance."""
     xp = model.logit_scale.xp
     if not all(bool(xp.isfinite(p.data).all()) for p in model.parameters()):
-        raise Diverged(f"the weights became non-finite in epoch {epoch}: training stopped; {on_disk(out, history)}")
+        raise Diverged(f"the weights became non-finite in epoch {epoch}: training stopped; {on_disk(out)}")
     if epoch < 2:
         return
     loss, chance = float(np.mean(losses)), float(np.mean(batch_chance))
     if loss > 2 * chance:
         raise Diverged(f"the training loss of epoch {epoch} ({loss:.4f}) is above twice the chance level "
-                       f"({chance:.4f}): training diverged (try a lower --lr); {on_disk(out, history)}")
+                       f"({chance:.4f}): training diverged (try a lower --lr); {on_disk(out)}")
     # Collapsed embeddings give every batch exactly ln(batch size): the model has stopped learning anything.
     if np.allclose(losses, batch_chance, rtol=1e-4, atol=0):
         raise Diverged(f"the training loss of epoch {epoch} sits exactly at the chance level ({chance:.4f}) in "
-                       f"every batch: the embeddings collapsed (try a lower --lr); {on_disk(out, history)}")
+                       f"every batch: the embeddings collapsed (try a lower --lr); {on_disk(out)}")
 
 
 def _saved_split(saved, n: int, where: Path) -> dict:
@@ -226,11 +228,13 @@ def run(args, log=print) -> dict:
     with run_lock(out):
         for tmp in remove_stale_temporaries(out):
             log(f"removed {tmp.name}, left by an interrupted write")
-        history = resumed["history"] if resumed else []
+        if args.overwrite and not resumed:  # nothing of the replaced run may mix with the new one
+            for name in RUN_FILES + ("loss_curve.png",):
+                (out / name).unlink(missing_ok=True)
         try:
-            return _train(args, out, resumed, history, log)
+            return _train(args, out, resumed, log)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted; {on_disk(out, history)}") from None
+            raise Interrupted(f"interrupted; {on_disk(out)}") from None
 
 
 class Interrupted(RuntimeError):
@@ -289,11 +293,12 @@ def _comparable(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _train(args, out: Path, resumed, history: list, log) -> dict:
-    """The training itself; ``history`` is the list of epoch rows, appended to in place."""
+def _train(args, out: Path, resumed, log) -> dict:
     backend.manual_seed(args.seed)
-    frame, images = load_pairs(args.data, args.data_dir, image_size=args.image_size if not resumed else
-                               resumed["config"]["image_size"], num_samples=args.num_samples, seed=args.seed,
+    if resumed:
+        with restoring(Path(args.resume) / "last"):
+            args.image_size = int(resumed["config"]["image_size"])
+    frame, images = load_pairs(args.data, args.data_dir, image_size=args.image_size, num_samples=args.num_samples, seed=args.seed,
                                cache_dir=args.cache_dir, progress=not args.no_progress)
     if resumed:  # the very pairs and split of the original run, or a clear error
         check_ids(frame, resumed["ids"], args.data_dir or "the synthetic generator", hint="resume with the same data")
@@ -305,8 +310,9 @@ def _train(args, out: Path, resumed, history: list, log) -> dict:
         raise ValueError(f"{len(frame)} pairs are too few for a train/validation split")
 
     if resumed:
-        config = CLIPConfig.from_dict(resumed["config"])
-        tokenizer = Tokenizer.from_dict(resumed["tokenizer"])
+        with restoring(Path(args.resume) / "last"):
+            config = CLIPConfig.from_dict(resumed["config"])
+            tokenizer = Tokenizer.from_dict(resumed["tokenizer"])
     else:
         tokenizer = Tokenizer.fit(frame["caption"].iloc[train_idx], max_vocab=args.max_vocab, min_freq=args.min_freq)
         config = CLIPConfig(image_size=args.image_size, conv_channels=args.conv_channels,
@@ -319,13 +325,14 @@ def _train(args, out: Path, resumed, history: list, log) -> dict:
     opt_class = optim.AdamW if args.optimizer == "adamw" else optim.Adam
     optimizer = opt_class(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     shuffle_rng = np.random.default_rng(args.seed)
-    step, best = 0, math.inf
+    history, step, best = [], 0, math.inf
     if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        shuffle_rng.bit_generator.state = resumed["shuffle_rng"]
-        backend.set_rng_state(resumed["rng"])
-        step, best = resumed["step"], resumed["best_val_loss"]
+        with restoring(Path(args.resume) / "last"):
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            shuffle_rng.bit_generator.state = resumed["shuffle_rng"]
+            backend.set_rng_state(resumed["rng"])
+            history, step, best = list(resumed["history"]), int(resumed["step"]), float(resumed["best_val_loss"])
     steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     log(f"tinyclip.train: {len(frame)} pairs ({args.data}), train {len(train_idx)} / val {len(val_idx)} / "
@@ -359,7 +366,7 @@ def _train(args, out: Path, resumed, history: list, log) -> dict:
             value = float(loss.item())
             if not math.isfinite(value):
                 raise Diverged(f"loss became {value} at epoch {epoch}, step {step}: training stopped; "
-                               f"{on_disk(out, history)}")
+                               f"{on_disk(out)}")
             optimizer.zero_grad()
             loss.backward()
             if args.grad_clip > 0:
@@ -371,7 +378,7 @@ def _train(args, out: Path, resumed, history: list, log) -> dict:
             batch_chance.append(math.log(len(batch)))
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        _check_divergence(model, epoch, losses, batch_chance, out, history)
+        _check_divergence(model, epoch, losses, batch_chance, out)
         val = validation_loss(model, images, ids, mask, val_idx, args.batch_size)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val,
                "seconds": round(time.perf_counter() - t0, 2), "lr": optimizer.lr}
@@ -379,11 +386,14 @@ def _train(args, out: Path, resumed, history: list, log) -> dict:
         improved = val < best
         best = min(best, val)
         since_best = 0 if improved else since_best + 1
-        save_checkpoint(out, "last", checkpoint_state(epoch))
+        # ``last`` is committed last: a crash before it re-runs this epoch on --resume, which rewrites
+        # best, metrics.csv and the figure identically, so the files never disagree.
+        state = checkpoint_state(epoch)
         if improved:
-            save_checkpoint(out, "best", checkpoint_state(epoch))
+            save_checkpoint(out, "best", state)
         _write_metrics(history, out / "metrics.csv")
         _plot_losses(history, out / "loss_curve.png")
+        save_checkpoint(out, "last", state)
         log(f"epoch {epoch}: train {row['train_loss']:.4f}  val {val:.4f}{'  (best)' if improved else ''}  "
             f"{row['seconds']:.1f}s")
     if stopped:
@@ -429,6 +439,9 @@ def main(argv=None) -> int:
     except (Diverged, Interrupted) as e:
         print(f"tinyclip.train: {e}", file=sys.stderr)
         return 130 if isinstance(e, Interrupted) else 1
+    except (FileNotFoundError, NotADirectoryError) as e:  # a missing input
+        print(f"tinyclip.train: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # disk full, permissions: the previous checkpoint stays (every write is atomic)
         where = f" ({e.filename})" if e.filename else ""
         print(f"tinyclip.train: error: {e.strerror or e}{where}; files already written are intact", file=sys.stderr)

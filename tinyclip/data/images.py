@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -125,9 +126,12 @@ def load_images(
         images_file, ok_file = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.ok.npy"
         if images_file.is_file() and ok_file.is_file():
             try:
-                return np.load(images_file, mmap_mode="r"), np.load(ok_file)
-            except (OSError, ValueError):
-                pass  # damaged cache: decode again and overwrite it
+                cached, cached_ok = np.load(images_file, mmap_mode="r"), np.load(ok_file)
+                if cached.shape == (len(paths), size, size, 3) and cached.dtype == np.uint8 \
+                        and cached_ok.shape == (len(paths),) and cached_ok.dtype == bool:
+                    return cached, cached_ok
+            except (OSError, ValueError, EOFError):
+                pass  # damaged cache (zero bytes, truncated, wrong shape): decode again and overwrite it
 
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
@@ -145,10 +149,13 @@ def load_images(
             pass
 
     if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # The mask goes first: a cache entry counts only once the images file exists too.
-        atomic_write(ok_file, lambda f: np.save(f, ok))
-        atomic_write(images_file, lambda f: np.save(f, images))
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            # The mask goes first: a cache entry counts only once the images file exists too.
+            atomic_write(ok_file, lambda f: np.save(f, ok))
+            atomic_write(images_file, lambda f: np.save(f, images))
+        except OSError as e:  # disk full, read-only, a file where the folder should be: the cache is optional
+            warnings.warn(f"image cache {cache_dir} not written ({e.strerror or e}); going on without it")
     return images, ok
 
 

@@ -75,16 +75,17 @@ class CLIP(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, run_dir, name: str = "best"):
-        """``(model, state)`` from ``run_dir/name.{npz,json}`` as written by ``tinyclip.train``.
+        """``(model, state)`` from ``run_dir/name.npz`` as written by ``tinyclip.train``.
 
         ``state`` is the rest of the checkpoint: ``split`` (train/val/test indices),
         ``ids`` (the pair ids in order), ``args``, ``epoch``, ``history``, ...
         """
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint, restoring
         from ..text import Tokenizer
         state = load_checkpoint(run_dir, name)
-        model = cls(CLIPConfig.from_dict(state["config"]), Tokenizer.from_dict(state["tokenizer"]))
-        model.load_state_dict(state["model"])
+        with restoring(f"{run_dir}/{name}"):
+            model = cls(CLIPConfig.from_dict(state["config"]), Tokenizer.from_dict(state["tokenizer"]))
+            model.load_state_dict(state["model"])
         model.eval()
         return model, state
 
