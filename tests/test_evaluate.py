@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tinyclip import evaluate, tasks, train
-from tinyclip.checkpoint import load_checkpoint
+from tinyclip.checkpoint import load_checkpoint, save_checkpoint
 from tinyclip.data.synthetic import make_synthetic
 from tinyclip.tasks import TaskSkipped
 from tinyclip.tasks import pneumonia as pneumonia_task
@@ -268,9 +268,9 @@ def test_bad_input(tiny_run, tmp_path, capsys, argv, message):
 def test_pairs_that_differ_from_the_run_are_refused(tiny_run, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("eval"))
-    meta = json.loads((copy / "best.json").read_text())
-    meta["state"]["ids"][3] = "SYN_99999"
-    (copy / "best.json").write_text(json.dumps(meta))
+    state = load_checkpoint(copy, "best")
+    state["ids"][3] = "SYN_99999"
+    save_checkpoint(copy, "best", state)
     code, out, err = run_main("--run", copy, "--task", "retrieval", capsys=capsys)
     assert code == 1 and "not the ones the run was trained on" in err and "'SYN_00003'" in err
 
