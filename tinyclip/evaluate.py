@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import textwrap
 import time
@@ -38,13 +39,44 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import one_line_warnings
+from . import backend
+from .cli import nonnegative_int, one_line_warnings, positive_int
 from .data.pairs import check_ids, load_pairs
 from .io import atomic_write
 from .tasks import DESCRIPTIONS, TASKS, TaskSkipped, get_task
 
 PROG = "python -m tinyclip.evaluate"
 NEEDS_TRAIN = ("cui",)  # tasks that read ctx.train_frame / ctx.train_images
+
+
+def _int(text, low=1):
+    return int(text) >= low
+
+
+def _ints(text):
+    return all(int(v) >= 1 for v in text.split(","))
+
+
+def _number(text):
+    return 0 < float(text) < math.inf
+
+
+# The --option KEY=VALUE settings the tasks read: a check of the value, and what it wants.
+OPTIONS = {
+    "head_steps": (_int, "a positive integer"), "head_lr": (_number, "a finite number > 0"),
+    "head_hidden": (_ints, "comma-separated positive integers"), "features": ({"clip", "pixels"}, "clip or pixels"),
+    "synthetic_n": (lambda v: _int(v, 2), "an integer >= 2"), "cui_init": ({"clip", "scratch"}, "clip or scratch"),
+    "cui_epochs": (_int, "a positive integer"), "cui_lr": (_number, "a finite number > 0"),
+    "cui_balance": ({"0", "1", "true", "false", "yes", "no", "on", "off"}, "0 or 1"),
+}
+
+
+def _valid_option(key: str, value: str) -> bool:
+    check = OPTIONS[key][0]
+    try:
+        return value.lower() in check if isinstance(check, set) else bool(check(value))
+    except ValueError:
+        return False
 
 
 class UsageError(Exception):
@@ -91,12 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", metavar="DIR",
                    help="ROCO folder (captions.txt, cuis.txt, images/); with --split test: where the run's "
                         "data is now, if it moved")
-    d.add_argument("--num-samples", type=int, help="synthetic pairs for --split all (default: the run's)")
+    d.add_argument("--num-samples", type=positive_int, help="synthetic pairs for --split all (default: the run's)")
     d.add_argument("--cache-dir", help="decoded-image cache (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
     r = p.add_argument_group("running")
-    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="cpu (NumPy) or cuda (CuPy)")
-    r.add_argument("--batch-size", type=int, default=128, help="images/captions embedded at once")
-    r.add_argument("--seed", type=int, default=0, help="seed of the tasks' own randomness (samples, heads)")
+    r.add_argument("--device", choices=backend.DEVICES, default=os.environ.get("TINYCLIP_DEVICE", "auto").lower(),
+                   help="cpu (NumPy) or cuda (CuPy); the default comes from $TINYCLIP_DEVICE")
+    r.add_argument("--batch-size", type=positive_int, default=128, help="images/captions embedded at once")
+    r.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the tasks' own randomness (samples, heads)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar while decoding images")
     t = p.add_argument_group("task options")
     t.add_argument("--prompts", metavar="FILE", help="modality: JSON prompt sets {set: {class: [prompts]}} "
@@ -109,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pneumonia-npz", metavar="FILE", help="pneumonia-zeroshot, fewshot: pneumoniamnist.npz")
     t.add_argument("--shots", help="fewshot: labelled images per run, e.g. 10,20,50,all")
     t.add_argument("--seeds", help="fewshot: number of seeds (e.g. 5) or a list (e.g. 0,1,2)")
-    t.add_argument("--top-k", type=int, help="cui: number of concept classes")
+    t.add_argument("--top-k", type=positive_int, help="cui: number of concept classes")
     t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other task option, passed to the tasks as a string (repeatable), "
-                        "e.g. --option head_steps=100")
+                   help=f"any other task option (repeatable), e.g. --option head_steps=100; one of: "
+                        f"{', '.join(OPTIONS)}")
     return p
 
 
@@ -144,7 +177,19 @@ def task_options(args) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key.strip().replace("-", "_")] = value.strip()
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if key not in OPTIONS:
+            raise UsageError(f"--option {key}: unknown option; the options are {', '.join(OPTIONS)}")
+        if not _valid_option(key, value):
+            raise UsageError(f"--option {key}={value}: expected {OPTIONS[key][1]}")
+        options[key] = value
+    from .tasks.fewshot import parse_seeds, parse_shots
+    for flag, parse in (("shots", parse_shots), ("seeds", parse_seeds)):
+        if options.get(flag) is not None:
+            try:
+                parse(options[flag])
+            except ValueError as e:
+                raise UsageError(f"--{flag} {options[flag]}: {e}") from None
     for key in ("prompts", "chest_dir", "pneumonia_npz"):
         if options.get(key) and not Path(options[key]).exists():
             raise FileNotFoundError(f"--{key.replace('_', '-')}: {options[key]} does not exist")
@@ -276,7 +321,6 @@ def format_table(results: dict) -> str:
 
 def evaluate(args, log=print) -> tuple[dict, list]:
     """Run the tasks of ``args``; returns ``(results of the tasks that ran, [(task, problem)])``."""
-    from . import backend
     from .models import CLIP
     from .tasks.common import EvalContext
 
@@ -284,10 +328,9 @@ def evaluate(args, log=print) -> tuple[dict, list]:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    for suffix in (".json", ".npz"):
-        if not (run_dir / f"{args.checkpoint}{suffix}").is_file():
-            raise FileNotFoundError(f"no '{args.checkpoint}' checkpoint in {run_dir} (expected "
-                                    f"{args.checkpoint}.json and {args.checkpoint}.npz from tinyclip.train)")
+    if not (run_dir / f"{args.checkpoint}.npz").is_file():
+        raise FileNotFoundError(f"no '{args.checkpoint}' checkpoint in {run_dir} (expected "
+                                f"{args.checkpoint}.npz from tinyclip.train)")
     options = task_options(args)
     backend.set_default_device(args.device)
     model, state = CLIP.from_checkpoint(run_dir, args.checkpoint)

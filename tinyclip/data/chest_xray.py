@@ -49,8 +49,8 @@ def load_pneumoniamnist(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read {path} as an .npz file: {e}") from e
+    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as e:  # TypeError: a .npy, not an archive
+        raise ValueError(f"cannot read {path} as an .npz file: {type(e).__name__}: {e}") from None
 
     out = {}
     for split in ("train", "val", "test"):

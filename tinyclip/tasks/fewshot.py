@@ -108,7 +108,10 @@ def parse_seeds(value, base: int = 0) -> list:
     if value is None:
         value = DEFAULT_SEEDS
     if isinstance(value, (int, np.integer)) or (isinstance(value, str) and "," not in value):
-        count = int(value)
+        try:
+            count = int(value)
+        except ValueError:
+            raise ValueError(f"option seeds: expected a count or comma-separated integers, got {value!r}") from None
         if count < 1:
             raise ValueError(f"option seeds: need at least one seed, got {count}")
         return [base + i for i in range(count)]
@@ -287,6 +290,9 @@ def few_shot_curve(train_x, train_y, test_x, test_y, shots=DEFAULT_SHOTS, seeds=
                                     "seconds": round(time.perf_counter() - t0, 2)}
             log(f"fewshot: n={label:>5} {name:5}: accuracy {acc['mean']:.3f} ± {acc['std']:.3f}  "
                 f"AUC {auc['mean']:.3f}  ({len(seeds)} seeds, {time.perf_counter() - t0:.1f}s)")
+    if not used:
+        raise ValueError(f"option shots: every n of {list(shots)} is larger than the {pool} training images; "
+                         f"give smaller values or 'all'")
     return {**results, "shots": used}
 
 

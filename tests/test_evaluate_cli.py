@@ -1,0 +1,79 @@
+"""``python -m tinyclip.evaluate``: every bad input is one line on stderr naming it, a non-zero exit, no traceback."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from tinyclip import evaluate
+
+from test_evaluate import run_main, tiny_run  # noqa: F401  (tiny_run is a fixture)
+from test_reliability import _damage
+
+
+def one_line(code, err, *needles):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--batch-size", "0"], ["--batch-size"]),
+    (["--batch-size", "-4"], ["--batch-size"]),
+    (["--top-k", "0"], ["--top-k"]),
+    (["--seed", "x"], ["--seed"]),
+    (["--num-samples", "0"], ["--num-samples"]),
+    (["--seeds", "abc"], ["--seeds", "abc"]),
+    (["--shots", "1"], ["--shots"]),
+    (["--shots", "ten"], ["--shots", "ten"]),
+    (["--option", "head_steps=abc"], ["head_steps", "positive integer"]),
+    (["--option", "head_lr=-1"], ["head_lr"]),
+    (["--option", "features=colour"], ["features", "clip or pixels"]),
+    (["--option", "no_such_thing=1"], ["no_such_thing", "unknown", "head_steps"]),
+])
+def test_bad_flags(tiny_run, capsys, extra, needles):  # noqa: F811
+    code, _, err = run_main("--run", tiny_run, "--task", "fewshot", *extra, capsys=capsys)
+    one_line(code, err, *needles)
+
+
+def test_shots_larger_than_the_pool(tiny_run, tmp_path, capsys):  # noqa: F811
+    code, _, err = run_main("--run", tiny_run, "--task", "fewshot", "--shots", "100000", "--seeds", "1",
+                            "--option", "synthetic_n=40", "--out", tmp_path, capsys=capsys)
+    one_line(code, err, "shots", "larger than")
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero bytes", "bit flips", "npy", "random"])
+def test_corrupt_checkpoint(tiny_run, tmp_path, capsys, how):  # noqa: F811
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("eval"))
+    _damage(copy / "best.npz", how)
+    code, _, err = run_main("--run", copy, "--task", "retrieval", capsys=capsys)
+    one_line(code, err, "best.npz")
+
+
+def test_checkpoint_without_its_json_copy_loads(tiny_run, tmp_path, capsys):  # noqa: F811
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("eval"))
+    (copy / "best.json").unlink()  # the JSON is only for people: a crash may leave it out of date or absent
+    code, _, err = run_main("--run", copy, "--task", "retrieval", "--out", tmp_path / "e", capsys=capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("content", ["npy", "text"])
+def test_pneumonia_npz_that_is_not_an_npz(tiny_run, tmp_path, capsys, content):  # noqa: F811
+    bad = tmp_path / "p.npz"
+    if content == "npy":
+        np.save(tmp_path / "x.npy", np.zeros(3))
+        bad.write_bytes((tmp_path / "x.npy").read_bytes())
+    else:
+        bad.write_text("not an archive\n")
+    code, _, err = run_main("--run", tiny_run, "--task", "pneumonia-zeroshot", "--pneumonia-npz", bad,
+                            "--out", tmp_path / "e", capsys=capsys)
+    one_line(code, err, "p.npz")
+
+
+def test_device_default_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TINYCLIP_DEVICE", "cuda")
+    assert evaluate.build_parser().parse_args(["--run", "r", "--task", "retrieval"]).device == "cuda"
