@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tinyclip import compare
+
+
+def test_holm_hand_worked():
+    # sorted: 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.03, 0.06, 0.06
+    np.testing.assert_allclose(compare.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(compare.holm([0.5, 0.9]), [1.0, 1.0])  # 0.5*2 = 1, then max(1, 0.9)
+
+
+def test_mean_ranks_ties_and_direction():
+    scores = np.array([[1.0, 2.0, 3.0], [1.0, 1.0, 3.0]])
+    np.testing.assert_allclose(compare.mean_ranks(scores), [1.25, 1.75, 3.0])
+    np.testing.assert_allclose(compare.mean_ranks(scores, higher_is_better=True), [2.75, 2.25, 1.0])
+
+
+def test_statistics_match_scipy_on_fixed_arrays():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(10, 3)) + np.array([0.0, 0.5, 2.0])
+    result = compare.compare_scores(["a", "b", "c"], scores)
+    chi2, p = stats.friedmanchisquare(*scores.T)
+    assert result["friedman"] == pytest.approx({"statistic": chi2, "p": p})
+    raw = [stats.wilcoxon(scores[:, i], scores[:, j]).pvalue for i, j in [(0, 1), (0, 2), (1, 2)]]
+    assert [q["p"] for q in result["pairs"]] == pytest.approx(raw)
+    assert [q["p_holm"] for q in result["pairs"]] == pytest.approx(compare.holm(raw))
+
+
+def test_wilcoxon_hand_worked_and_too_few_pairs():
+    # five positive differences: exact two-sided p = 2 / 2^5 = 0.0625, above 5%, so a note says so
+    scores = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [5.0, 0.0]])
+    result = compare.compare_scores(["a", "b"], scores)
+    assert result["pairs"][0]["p"] == pytest.approx(0.0625)
+    assert compare.smallest_wilcoxon_p(5) == 0.0625
+    assert "too few pairs for 5%" in result["notes"][0]
+    assert not result["pairs"][0]["significant"]
+
+
+def test_parse_config():
+    assert compare.parse_config("fast: --lr 1e-3 --epochs 2") == ("fast", ["--lr", "1e-3", "--epochs", "2"])
+    with pytest.raises(ValueError, match="NAME"):
+        compare.parse_config("--lr 1e-3")
+
+
+def test_run_metric_best_epoch(tmp_path):
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss,val_loss,seconds,lr\n1,3,2.5,1,0.1\n2,2,2.0,1,0.1\n"
+                                          "3,1,2.2,1,0.1\n")
+    assert compare.run_metric(tmp_path) == 2.0
+    assert compare.run_metric(tmp_path, "train_loss") == 2.0
+    with pytest.raises(ValueError, match="no column"):
+        compare.run_metric(tmp_path, "auc")
+
+
+def test_main_reuses_finished_runs_and_writes_results(tmp_path, capsys):
+    # Pre-finished runs: main must reuse them (no training subprocess) and write table, json, csv, figure.
+    for name, base in [("a", 1.0), ("b", 2.0)]:
+        for fold in range(2):
+            run = tmp_path / "runs" / f"{name}-f{fold}-s0"
+            run.mkdir(parents=True)
+            (run / "metrics.csv").write_text(f"epoch,train_loss,val_loss,seconds,lr\n1,1,{base + fold},1,0.1\n")
+    assert compare.main(["--config", "a: --epochs 1", "--config", "b: --epochs 1", "--folds", "2",
+                         "--seeds", "0", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["mean"] == [1.5, 2.5]
+    assert (tmp_path / "results.csv").read_text().splitlines()[0] == "fold,seed,a,b"
+    assert (tmp_path / "scores.png").stat().st_size > 0
+    assert "reuse a-f0-s0" in capsys.readouterr().out
