@@ -143,6 +143,27 @@ class CrossEntropy(Function):
         return grad, None
 
 
+class SoftCrossEntropy(Function):
+    """loss_i = -Σ_c q_ic log softmax(x_i)_c for a target distribution q (rows sum to 1).
+
+    logits and targets: (N, C) → the mean over N.  dlogits = (softmax(x) - q) · gy / N.
+    """
+
+    def forward(self, logits, targets):
+        xp = get_array_module(logits)
+        if logits.ndim != 2 or targets.shape != logits.shape:
+            raise ValueError(f"soft_cross_entropy: logits {logits.shape} and targets {targets.shape} "
+                             "must both be (N, C)")
+        self.logp, self.targets = _log_softmax(xp, logits, axis=1), targets.astype(logits.dtype)
+        return -(self.targets * self.logp).sum() / logits.shape[0]
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        grad = xp.exp(self.logp) - self.targets
+        grad *= gy / self.logp.shape[0]
+        return grad, None
+
+
 class BinaryCrossEntropyWithLogits(Function):
     """loss = -[t log σ(x) + (1 - t) log(1 - σ(x))] = max(x, 0) - x t + log(1 + e^(-|x|)).
 
@@ -195,3 +216,8 @@ def binary_cross_entropy_with_logits(logits, targets, reduction: str = "mean"):
     ``reduction``: "mean" (over all elements), "sum" or "none".
     """
     return BinaryCrossEntropyWithLogits(_check_reduction(reduction))(logits, targets)
+
+
+def soft_cross_entropy(logits, targets):
+    """Mean cross-entropy of ``logits`` (N, C) against target distributions ``targets`` (N, C), an array."""
+    return SoftCrossEntropy()(logits, targets)

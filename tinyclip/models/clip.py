@@ -16,7 +16,8 @@ from .. import functional as F
 from .. import nn
 from ..backend import to_numpy
 from ..data.images import normalize
-from ..functional.loss import cross_entropy, softmax
+from ..functional.loss import softmax
+from ..losses import clip_loss
 from ..tensor import Tensor, no_grad
 from .config import CLIPConfig
 from .image_encoder import ImageEncoder
@@ -29,17 +30,6 @@ MAX_LOGIT_SCALE = math.log(100.0)
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
     """x / ‖x‖ along ``axis`` (eps keeps a zero vector finite)."""
     return x / F.sqrt((x * x).sum(axis=axis, keepdims=True) + eps)
-
-
-def clip_loss(image_emb, text_emb, logit_scale):
-    """Symmetric contrastive loss of N matching pairs; embeddings ``(N, D)``, L2-normalised.
-
-    ``logits = exp(logit_scale) · image_emb @ text_embᵀ``;
-    ``loss = (CE(logits, arange N) + CE(logitsᵀ, arange N)) / 2``. Any N ≥ 1 works.
-    """
-    logits = F.exp(logit_scale) * (image_emb @ text_emb.T)
-    targets = logits.xp.arange(logits.shape[0])
-    return (cross_entropy(logits, targets) + cross_entropy(logits.T, targets)) * 0.5
 
 
 class CLIP(nn.Module):
@@ -64,9 +54,13 @@ class CLIP(nn.Module):
         """Token ids and padding mask ``(N, L)`` → ``(N, embed_dim)`` unit vectors."""
         return l2_normalize(self.text_encoder(ids, padding_mask))
 
+    def encode(self, images, ids, padding_mask):
+        """Both towers at once: (image_emb (N, D), text_emb (N, D), logit_scale (1,)), ready for tinyclip.losses."""
+        return self.encode_image(images), self.encode_text(ids, padding_mask), self.logit_scale
+
     def forward(self, images, ids, padding_mask):
         """The contrastive loss of a batch of matching pairs."""
-        return clip_loss(self.encode_image(images), self.encode_text(ids, padding_mask), self.logit_scale)
+        return clip_loss(*self.encode(images, ids, padding_mask))
 
     def clamp_logit_scale(self) -> None:
         """Keep the temperature at most 100, as CLIP does after every optimizer step."""
