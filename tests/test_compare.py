@@ -69,3 +69,19 @@ def test_main_reuses_finished_runs_and_writes_results(tmp_path, capsys):
     assert (tmp_path / "results.csv").read_text().splitlines()[0] == "fold,seed,a,b"
     assert (tmp_path / "scores.png").stat().st_size > 0
     assert "reuse a-f0-s0" in capsys.readouterr().out
+
+
+def test_train_run_resumes_interrupted_and_skips_finished(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    run = tmp_path / "a-f1-s0"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,train_loss,val_loss,seconds,lr\n1,1,2,1,0.1\n")
+    (run / "last.npz").write_bytes(b"")
+    compare.train_run(run, ["--epochs", "2"], fold=1, folds=3, seed=0, log=lambda m: None)
+    assert calls[0][-1] == "--resume"
+    assert calls[0][calls[0].index("--folds") + 1] == "3" and calls[0][calls[0].index("--fold") + 1] == "1"
+    compare.train_run(run, ["--epochs", "1"], fold=1, folds=3, seed=0, log=lambda m: None)
+    assert len(calls) == 1  # one epoch done of one: reused, no new subprocess
+    compare.train_run(tmp_path / "new", ["--epochs", "1"], fold=0, folds=3, seed=0, log=lambda m: None)
+    assert "--resume" not in calls[1]
