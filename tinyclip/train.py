@@ -29,7 +29,7 @@ import numpy as np
 from . import backend, optim
 from .cli import OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int, probability
 from .checkpoint import load_checkpoint, restoring, save_checkpoint
-from .data.pairs import SOURCES, check_ids, load_pairs, run_split
+from .data.pairs import SOURCES, check_ids, fold_split, load_pairs, run_split
 from .data.split import iterate_batches
 from .io import atomic_write, remove_stale_temporaries, run_lock
 from .models import CLIP, CLIPConfig
@@ -39,7 +39,8 @@ from .text import Tokenizer
 # The files of a run directory (a new run refuses a directory that holds any of them).
 RUN_FILES = ("last.npz", "best.npz", "last.json", "best.json", "metrics.csv")
 RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "lr", "optimizer", "weight_decay",
-             "warmup_steps", "grad_clip", "max_vocab", "min_freq", "patience", "split_seed")
+             "warmup_steps", "grad_clip", "max_vocab", "min_freq", "patience", "split_seed",
+             "folds", "fold")
 # Flags that may differ from the saved run when resuming; every other flag given with --resume must match it.
 MAY_CHANGE_ON_RESUME = ("epochs", "data_dir", "device", "no_progress", "cache_dir", "resume", "out")
 # The model flags, saved in the checkpoint's config rather than its args.
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", help="ROCO split folder with captions.txt, cuis.txt and images/ (for --data roco)")
     d.add_argument("--num-samples", type=positive_int, default=2000, help="number of synthetic pairs")
     d.add_argument("--split-seed", type=nonnegative_int, default=0, help="seed of the 64/16/20 train/val/test split")
+    d.add_argument("--folds", type=nonnegative_int, default=0,
+                   help="k-fold cross-validation (used by tinyclip.compare): validate on fold --fold of the pairs "
+                        "outside the test part, train on the other folds; 0: the 64/16/20 split")
+    d.add_argument("--fold", type=nonnegative_int, default=0, help="which fold validates (0 .. --folds - 1)")
     d.add_argument("--max-vocab", type=positive_int, default=5000, help="tokenizer vocabulary size, padding and unknown included")
     d.add_argument("--min-freq", type=positive_int, default=1, help="words seen fewer times in training become <unk>")
     d.add_argument("--cache-dir", help="where decoded ROCO images are cached (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
@@ -304,7 +309,10 @@ def _train(args, out: Path, resumed, log) -> dict:
         check_ids(frame, resumed["ids"], args.data_dir or "the synthetic generator", hint="resume with the same data")
         split = _saved_split(resumed["split"], len(frame), Path(args.resume) / "last")
     else:
-        split = run_split(len(frame), args.split_seed)
+        if args.fold and not args.folds:
+            raise ValueError("--fold needs --folds (the number of folds)")
+        split = (fold_split(len(frame), args.split_seed, args.folds, args.fold) if args.folds
+                 else run_split(len(frame), args.split_seed))
     train_idx, val_idx = split["train"], split["val"]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(f"{len(frame)} pairs are too few for a train/validation split")

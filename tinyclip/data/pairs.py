@@ -64,3 +64,20 @@ def run_split(n: int, seed: int, fractions=(0.64, 0.16, 0.20)) -> dict:
     """The train/val/test index arrays of a run, as in the report (64/16/20 after a seeded shuffle)."""
     train, val, test = split_indices(n, fractions, seed)
     return {"train": train, "val": val, "test": test}
+
+
+def fold_split(n: int, seed: int, folds: int, fold: int) -> dict:
+    """Fold ``fold`` of a ``folds``-fold cross-validation: validate on one fold, train on the others.
+
+    The test part is exactly ``run_split(n, seed)``'s (never touched); its train and val pairs
+    together are dealt, in their shuffled order, into ``folds`` disjoint folds.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"--fold must be in 0..{folds - 1} with --folds >= 2, got fold {fold} of {folds}")
+    parts = run_split(n, seed)
+    pool = np.concatenate([parts["train"], parts["val"]])
+    if len(pool) < folds:
+        raise ValueError(f"{len(pool)} pairs outside the test part are too few for {folds} folds")
+    member = np.arange(len(pool)) % folds
+    return {"train": pool[member != fold], "val": pool[member == fold], "test": parts["test"]}
+
