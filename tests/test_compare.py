@@ -85,3 +85,14 @@ def test_train_run_resumes_interrupted_and_skips_finished(tmp_path, monkeypatch)
     assert len(calls) == 1  # one epoch done of one: reused, no new subprocess
     compare.train_run(tmp_path / "new", ["--epochs", "1"], fold=0, folds=3, seed=0, log=lambda m: None)
     assert "--resume" not in calls[1]
+
+
+def test_end_to_end_two_epochs_beat_one(tmp_path):
+    # 6 seeds: the smallest Wilcoxon p is 2/64 < 5%, reached when all six runs of 'two' beat 'one'.
+    tiny = ("--num-samples 80 --image-size 16 --conv-channels 4,8 --width 16 --text-layers 1 --heads 2 "
+            "--ff-dim 32 --embed-dim 8 --max-len 16 --batch-size 16 --lr 3e-3 --patience 0")
+    argv = ["--config", "two: --epochs 2", "--config", "one: --epochs 1", "--common", tiny, "--folds", "1",
+            "--seeds", *map(str, range(6)), "--out", str(tmp_path)]
+    assert compare.main(argv) == 0
+    pair = json.loads((tmp_path / "results.json").read_text())["pairs"][0]
+    assert pair["median_diff"] < 0 and pair["p"] == pytest.approx(2 / 64) and pair["significant"]

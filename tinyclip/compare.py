@@ -118,7 +118,9 @@ def train_run(run_dir: Path, flags, fold: int, folds: int, seed: int, log=print)
     if done and (epochs == 0 or done >= epochs):
         log(f"reuse {run_dir.name}: {done} epochs in metrics.csv")
         return
-    cmd = [sys.executable, "-m", "tinyclip.train", *flags, "--folds", str(folds), "--fold", str(fold),
+    # --folds 1 keeps train's own fixed 64/16/20 split and varies only the seed.
+    fold_flags = ["--folds", str(folds), "--fold", str(fold)] if folds > 1 else []
+    cmd = [sys.executable, "-m", "tinyclip.train", *flags, *fold_flags,
            "--seed", str(seed), "--out", str(run_dir), "--no-progress"]
     if (run_dir / "last.npz").exists():
         cmd.append("--resume")
