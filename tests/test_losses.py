@@ -90,3 +90,29 @@ def test_simclr_loss_by_definition_and_gradcheck(n, tau, seed):
     assert math.isclose(simclr_loss(Tensor(z1), Tensor(z2), tau).item(), simclr_by_definition(z1, z2, tau),
                         rel_tol=1e-10)
     gradcheck(lambda a, b: simclr_loss(a, b, tau), [z1, z2])
+
+
+def test_accumulated_clip_step_equals_one_big_batch():
+    from tinyclip import backend
+    from tinyclip.losses import accumulated_clip_step
+    from tinyclip.models import CLIP, CLIPConfig
+
+    config = CLIPConfig(image_size=8, conv_channels=(2, 4), vocab_size=20, max_len=6, width=8, text_layers=1,
+                        heads=2, ff_dim=16, dropout=0.0, embed_dim=6)
+    rng = np.random.default_rng(0)
+    n = 64
+    images = rng.standard_normal((n, 3, 8, 8))
+    ids = rng.integers(2, 20, size=(n, 6))
+    mask = np.arange(6)[None, :] >= rng.integers(1, 7, size=n)[:, None]
+    ids[mask] = 0
+    with backend.default_dtype_as(np.float64):
+        model = CLIP(config)
+        loss = model(Tensor(images), ids, mask)
+        loss.backward()
+        full = {name: p.grad.copy() for name, p in model.named_parameters()}
+        model.zero_grad()
+        micro = [(Tensor(images[i:i + 16]), ids[i:i + 16], mask[i:i + 16]) for i in range(0, n, 16)]
+        value = accumulated_clip_step(model, micro)
+    assert math.isclose(value, loss.item(), rel_tol=1e-12)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, full[name], atol=1e-10, rtol=0, err_msg=name)

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import functional as F
 from .functional.loss import cross_entropy, soft_cross_entropy
+from .tensor import Tensor, no_grad
 
 
 def _logits(image_emb, text_emb, logit_scale):
@@ -87,3 +88,25 @@ def simclr_loss(z1, z2, temperature: float):
     logits = (z @ z.T) * (1.0 / temperature) + xp.eye(2 * n, dtype=z.dtype) * -1e9
     partner = xp.concatenate([xp.arange(n, 2 * n), xp.arange(n)])
     return cross_entropy(logits, partner)
+
+
+def accumulated_clip_step(model, micro_batches, loss_fn=clip_loss) -> float:
+    """Backpropagate ``loss_fn`` over the union of ``micro_batches`` as if it were one batch; return its value.
+
+    ``micro_batches``: [(images, ids, padding_mask), ...]; ``loss_fn(image_emb, text_emb, logit_scale)``.
+    Two passes (OpenCLIP's exact accumulation): embed every micro-batch without a graph, then
+    re-embed each with its graph among the cached others and backpropagate; Σ_k dL/de_k · de_k/dθ
+    is the full-batch gradient. logit_scale is live only in the first re-pass so it is counted once.
+    Needs a deterministic forward (no dropout), or the two passes disagree.
+    """
+    with no_grad():
+        cached = [model.encode(*batch)[:2] for batch in micro_batches]
+    loss_value = 0.0
+    for k, batch in enumerate(micro_batches):
+        image_k, text_k, scale = model.encode(*batch)
+        images = [image_k if j == k else Tensor(c[0].data) for j, c in enumerate(cached)]
+        texts = [text_k if j == k else Tensor(c[1].data) for j, c in enumerate(cached)]
+        loss = loss_fn(F.concatenate(images), F.concatenate(texts), scale if k == 0 else Tensor(scale.data))
+        loss.backward()
+        loss_value = loss.item()
+    return loss_value
