@@ -31,6 +31,23 @@ def clip_loss(image_emb, text_emb, logit_scale):
     return (cross_entropy(logits, targets) + cross_entropy(logits.T, targets)) * 0.5
 
 
+def concept_sets(frame, with_modality: bool = True) -> list[list[str]]:
+    """Each pair's concepts: its ``cuis`` plus ``"modality:<name>"`` parsed from its caption (if one is named).
+
+    ``frame``: a pairs DataFrame from ``tinyclip.data.pairs.load_pairs`` (synthetic or ROCO; both have ``cuis``).
+    """
+    from .tasks.modality import modality_from_caption  # tasks import models; imported late to avoid a cycle
+
+    sets = []
+    for cuis, caption in zip(frame["cuis"], frame["caption"]):
+        concepts = list(cuis)
+        modality = modality_from_caption(caption) if with_modality else None
+        if modality is not None:
+            concepts.append(f"modality:{modality}")
+        sets.append(concepts)
+    return sets
+
+
 def concept_targets(concepts, alpha: float, similarity: str = "jaccard", xp=None, dtype=None):
     """Row-normalised targets T = rownorm(α·I + (1 − α)·S) from N concept sets; returns (N, N).
 
