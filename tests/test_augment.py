@@ -31,3 +31,14 @@ def test_no_flip_small_strength_stays_close():
     x = batch()
     a = augment_images(x, np.random.default_rng(3), strength=0.01)
     assert np.abs(a - x).mean() < 0.05  # a flip would move pixels far more
+
+
+def test_caption_augmentation():
+    from tinyclip.data.augment import augment_caption
+
+    caption = "Chest X-ray. Right lower lobe consolidation. No effusion."
+    assert augment_caption(caption, np.random.default_rng(0), strength=0.0) == caption
+    picked = augment_caption(caption, np.random.default_rng(0), dropout=0.0)
+    assert picked in {"Chest X-ray.", "Right lower lobe consolidation.", "No effusion."}
+    assert augment_caption(caption, np.random.default_rng(5)) == augment_caption(caption, np.random.default_rng(5))
+    assert augment_caption("one", np.random.default_rng(0), dropout=1.0) == "one"

@@ -8,6 +8,8 @@ No flips or inversions: left/right and intensity carry meaning in medical images
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..backend import get_array_module
@@ -52,3 +54,16 @@ def augment_images(images, rng: np.random.Generator, strength: float = 1.0):
     out += xp.asarray(brightness * spread)[:, None, None, None]
     out += xp.asarray(rng.standard_normal(out.shape) * (noise_std * spread)[:, None, None, None])
     return xp.clip(out, images.min(), images.max()).astype(images.dtype)
+
+
+def augment_caption(caption: str, rng: np.random.Generator, strength: float = 1.0, dropout: float = 0.1) -> str:
+    """One random sentence of a multi-sentence ``caption``, then each word dropped with p = dropout · strength.
+
+    Strength 0 returns the caption unchanged; at least one word always remains.
+    """
+    if strength == 0.0:
+        return caption
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", caption.strip()) if s.strip()]
+    words = (sentences[rng.integers(len(sentences))] if sentences else caption).split()
+    kept = [word for word in words if rng.random() >= dropout * strength]
+    return " ".join(kept or words[:1])
