@@ -7,9 +7,13 @@ test (Holm-corrected) and, for three or more recipes, the Friedman test. With n 
 smallest possible two-sided Wilcoxon p is 2/2^n, so 6 seeds are the fewest that can reach 5%.
 
     python examples/10_compare.py [--out DIR]
+
+It ends with one line ``RESULT: ...``.
 """
 import argparse
+import json
 import tempfile
+from pathlib import Path
 
 from _small_run import QUICK, section
 
@@ -27,3 +31,6 @@ seeds = ["0", "1"] if QUICK else [str(s) for s in range(6)]
 section(f"two epochs against one, {len(seeds)} seeds, into {out}")
 compare.main(["--config", "two: --epochs 2", "--config", "one: --epochs 1", "--common", TINY,
               "--folds", "1", "--seeds", *seeds, "--out", out])
+pair = json.loads((Path(out) / "results.json").read_text())["pairs"][0]
+print(f"RESULT: two epochs minus one, median val_loss difference {pair['median_diff']:+.3f} over {len(seeds)} seeds, "
+      f"Wilcoxon p {pair['p']:.3g}")
