@@ -125,3 +125,18 @@ def test_real_roco_learns(tmp_path):
     assert result.returncode == 0, result.stderr
     val = [v for _, v in losses(out)]
     assert min(val) < np.log(64)
+
+
+def test_fold_split_is_disjoint_covering_and_keeps_the_test_part():
+    from tinyclip.data.pairs import fold_split, run_split
+    n, folds = 103, 5
+    test = run_split(n, 3)["test"]
+    parts = [fold_split(n, 3, folds, f) for f in range(folds)]
+    vals = np.concatenate([p["val"] for p in parts])
+    assert sorted(vals.tolist()) == sorted(set(range(n)) - set(test.tolist()))  # each non-test pair validates once
+    for p in parts:
+        assert p["test"].tolist() == test.tolist()
+        assert not set(p["train"].tolist()) & set(p["val"].tolist())
+        assert len(p["train"]) + len(p["val"]) + len(test) == n
+    with pytest.raises(ValueError, match="--fold"):
+        fold_split(n, 3, folds, folds)
