@@ -159,7 +159,7 @@ def on_disk(out: Path) -> str:
     return f"the checkpoint of epoch {epoch} (the last finished) is kept in {out}; continue with --resume {out}"
 
 
-def _check_divergence(model, epoch: int, losses, batch_chance, out: Path) -> None:
+def _check_divergence(model, epoch: int, losses, batch_chance, out: Path, history) -> None:
     """Stop on non-finite weights, or from the second epoch on a training loss far above or stuck at chance."""
     xp = model.logit_scale.xp
     if not all(bool(xp.isfinite(p.data).all()) for p in model.parameters()):
@@ -167,7 +167,8 @@ def _check_divergence(model, epoch: int, losses, batch_chance, out: Path) -> Non
     if epoch < 2:
         return
     loss, chance = float(np.mean(losses)), float(np.mean(batch_chance))
-    if loss > 2 * chance:
+    # Far above chance *and* above the first epoch: growing, not merely an untrained model's high start.
+    if loss > 2 * chance and history and loss > history[0]["train_loss"]:
         raise Diverged(f"the training loss of epoch {epoch} ({loss:.4f}) is above twice the chance level "
                        f"({chance:.4f}): training diverged (try a lower --lr); {on_disk(out)}")
     # Collapsed embeddings give every batch exactly ln(batch size): the model has stopped learning anything.
@@ -386,7 +387,7 @@ def _train(args, out: Path, resumed, log) -> dict:
             batch_chance.append(math.log(len(batch)))
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        _check_divergence(model, epoch, losses, batch_chance, out)
+        _check_divergence(model, epoch, losses, batch_chance, out, history)
         val = validation_loss(model, images, ids, mask, val_idx, args.batch_size)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val,
                "seconds": round(time.perf_counter() - t0, 2), "lr": optimizer.lr}
