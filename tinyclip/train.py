@@ -36,7 +36,7 @@ from .models import CLIP, CLIPConfig
 from .tensor import no_grad
 from .text import Tokenizer
 
-# The files of a run directory (a new run refuses a directory that holds any of them).
+# The files of a run directory (removed before a new run starts in it, so nothing of an old run mixes in).
 RUN_FILES = ("last.npz", "best.npz", "last.json", "best.json", "metrics.csv")
 RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "lr", "optimizer", "weight_decay",
              "warmup_steps", "grad_clip", "max_vocab", "min_freq", "patience", "split_seed",
@@ -234,7 +234,7 @@ def run(args, log=print) -> dict:
     with run_lock(out):
         for tmp in remove_stale_temporaries(out):
             log(f"removed {tmp.name}, left by an interrupted write")
-        if args.overwrite and not resumed:  # nothing of the replaced run may mix with the new one
+        if not resumed:  # nothing of a replaced run, or of a first epoch that crashed, may mix with the new one
             for name in RUN_FILES + ("loss_curve.png",):
                 (out / name).unlink(missing_ok=True)
         try:
@@ -260,7 +260,8 @@ def _new_run_dir(out, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
-    if not overwrite and out.is_dir() and any((out / name).exists() for name in RUN_FILES):
+    # A run exists once its first epoch committed ``last``; files without it are a first epoch that crashed.
+    if not overwrite and (out / "last.npz").is_file():
         raise ValueError(f"--out {out} already holds a run: continue it with --resume {out}, choose a new --out, "
                          f"or replace it with --overwrite")
     try:
