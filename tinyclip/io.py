@@ -124,7 +124,7 @@ def _lock_owner(path: Path):
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
-        return None  # unreadable or half-written: treated as stale
+        return None  # unreadable or not yet written: stale unless only seconds old
 
 
 def _age(path: Path) -> float:

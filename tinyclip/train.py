@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, optim
-from .cli import OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int, probability
+from .cli import (OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int,
+                  probability)
 from .checkpoint import load_checkpoint, restoring, save_checkpoint
 from .data.pairs import SOURCES, check_ids, fold_split, load_pairs, run_split
 from .data.split import iterate_batches
@@ -276,12 +277,12 @@ def _new_run_dir(out, overwrite: bool) -> Path:
 def _load_resumable(args) -> dict:
     """The ``last`` checkpoint of ``--resume``, its saved settings applied to ``args`` (conflicting flags refused)."""
     resumed = load_checkpoint(args.resume, "last")
-    try:
+    missing = [k for k in ("args", "config", "model", "optimizer", "tokenizer", "split", "ids", "history", "step",
+                           "rng", "shuffle_rng") if k not in resumed]
+    if missing:
+        raise ValueError(f"checkpoint {_resumed_from(args)} is damaged: it has no {', '.join(missing)}")
+    with restoring(_resumed_from(args)):
         saved_args, saved_config = dict(resumed["args"]), dict(resumed["config"])
-        for key in ("model", "optimizer", "tokenizer", "split", "ids", "history", "step", "rng", "shuffle_rng"):
-            resumed[key]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint {Path(args.resume) / 'last'} is damaged: missing or wrong entry {e}") from None
     given = getattr(args, "given", set())
     saved = {**saved_args, **{k: saved_config.get(k) for k in MODEL_FLAGS}}
     conflicts = [k for k in sorted(given) if k not in MAY_CHANGE_ON_RESUME and k in saved
@@ -296,6 +297,10 @@ def _load_resumable(args) -> dict:
     return resumed
 
 
+def _resumed_from(args) -> Path:
+    return Path(args.resume) / "last"
+
+
 def _comparable(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -303,13 +308,13 @@ def _comparable(value):
 def _train(args, out: Path, resumed, log) -> dict:
     backend.manual_seed(args.seed)
     if resumed:
-        with restoring(Path(args.resume) / "last"):
+        with restoring(_resumed_from(args)):
             args.image_size = int(resumed["config"]["image_size"])
-    frame, images = load_pairs(args.data, args.data_dir, image_size=args.image_size, num_samples=args.num_samples, seed=args.seed,
-                               cache_dir=args.cache_dir, progress=not args.no_progress)
+    frame, images = load_pairs(args.data, args.data_dir, image_size=args.image_size, num_samples=args.num_samples,
+                               seed=args.seed, cache_dir=args.cache_dir, progress=not args.no_progress)
     if resumed:  # the very pairs and split of the original run, or a clear error
         check_ids(frame, resumed["ids"], args.data_dir or "the synthetic generator", hint="resume with the same data")
-        split = _saved_split(resumed["split"], len(frame), Path(args.resume) / "last")
+        split = _saved_split(resumed["split"], len(frame), _resumed_from(args))
     else:
         if args.fold and not args.folds:
             raise ValueError("--fold needs --folds (the number of folds)")
@@ -320,7 +325,7 @@ def _train(args, out: Path, resumed, log) -> dict:
         raise ValueError(f"{len(frame)} pairs are too few for a train/validation split")
 
     if resumed:
-        with restoring(Path(args.resume) / "last"):
+        with restoring(_resumed_from(args)):
             config = CLIPConfig.from_dict(resumed["config"])
             tokenizer = Tokenizer.from_dict(resumed["tokenizer"])
     else:
@@ -337,7 +342,7 @@ def _train(args, out: Path, resumed, log) -> dict:
     shuffle_rng = np.random.default_rng(args.seed)
     history, step, best = [], 0, math.inf
     if resumed:
-        with restoring(Path(args.resume) / "last"):
+        with restoring(_resumed_from(args)):
             model.load_state_dict(resumed["model"])
             optimizer.load_state_dict(resumed["optimizer"])
             shuffle_rng.bit_generator.state = resumed["shuffle_rng"]
