@@ -2,7 +2,7 @@
 
 Modules, in reading order: ``arithmetic`` (element-wise ops, activations, matmul,
 linear), ``shape`` (reshape, transpose, indexing, concatenate, split), ``reduce``
-(sum, mean, max, var), ``conv`` (conv2d, max_pool2d), ``norm`` (layer_norm,
+(sum, mean, max, var), ``conv`` (conv2d, max_pool2d), ``norm`` (layer_norm, batch_norm2d,
 dropout), ``embedding``, ``loss`` (softmax, cross-entropy) and ``attention``.
 """
 
@@ -11,7 +11,7 @@ from .arithmetic import (add, cast, div, exp, gelu, linear, log, matmul, mul, ne
 from .reduce import max, mean, sum, var
 from .shape import concatenate, getitem, reshape, split, stack, transpose
 from .conv import conv2d, max_pool2d
-from .norm import dropout, layer_norm
+from .norm import batch_norm2d, dropout, layer_norm
 from .embedding import embedding
 from .loss import binary_cross_entropy_with_logits, cross_entropy, log_softmax, softmax
 from .attention import scaled_dot_product_attention

@@ -1,7 +1,9 @@
-"""Layer normalisation and dropout, forward and backward side by side.
+"""Layer and batch normalisation and dropout, forward and backward side by side.
 
 Layer norm standardises each feature vector (the last axis) to mean 0 and variance 1,
-then scales and shifts it with learned ``weight`` and ``bias``. Dropout zeroes each
+then scales and shifts it with learned ``weight`` and ``bias``. Batch norm does the same
+per channel of an image batch, over the batch and both image axes, and keeps running
+statistics for evaluation, when the batch may be one image. Dropout zeroes each
 value with probability ``p`` during training and scales the survivors by 1/(1-p), so
 the expected value is unchanged and evaluation needs no rescaling ("inverted" dropout).
 """
@@ -9,7 +11,7 @@ the expected value is unchanged and evaluation needs no rescaling ("inverted" dr
 from __future__ import annotations
 
 from ..backend import get_array_module, get_rng
-from ..tensor import Function, as_tensor
+from ..tensor import Function, Tensor, as_tensor
 
 
 # ---------------------------------------------------------------------------
@@ -74,6 +76,102 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
     x: (..., D); weight, bias: (D,) → (..., D).
     """
     return LayerNorm(float(eps))(x, weight, bias)
+
+
+# ---------------------------------------------------------------------------
+# batch norm (2-D)
+# ---------------------------------------------------------------------------
+
+class BatchNorm2d(Function):
+    """y = x̂ w + b per channel, x̂ = (x - μ) / √(σ² + eps), with μ, σ² over (N, H, W).
+
+    Training: μ, σ² are the batch's (biased variance); the running statistics, if given, move
+    towards them by ``momentum`` (the running variance takes the unbiased σ²·M/(M-1), as PyTorch).
+    Evaluation: μ, σ² are the running ones, so y is an affine map of x.
+    Backward, with sums over the M = N·H·W positions of a channel:
+    training  dx = (w/σ)(gy - Σgy/M - x̂ Σ(gy x̂)/M);  evaluation  dx = (w/σ) gy;
+    both  dw = Σ gy x̂,  db = Σ gy.
+    """
+
+    def __init__(self, training: bool, running_mean, running_var, momentum: float, eps: float,
+                 channels_last: bool):
+        self.training, self.momentum, self.eps = training, momentum, eps
+        self.running_mean, self.running_var = running_mean, running_var
+        self.channels_last = channels_last
+
+    def _per_channel(self, v):
+        """A (C,) vector shaped to broadcast over the channel axis of x."""
+        return v if self.channels_last else v.reshape(-1, 1, 1)
+
+    def forward(self, x, weight, bias):
+        if x.ndim != 4:
+            raise ValueError(f"batch_norm2d needs a 4-D input, got shape {x.shape}")
+        C = x.shape[-1] if self.channels_last else x.shape[1]
+        if weight.shape != (C,) or bias.shape != (C,):
+            raise ValueError(f"batch_norm2d: x {x.shape} has {C} channels, needs weight and bias of shape "
+                             f"({C},), got {weight.shape} and {bias.shape}")
+        xp = get_array_module(x)
+        axes = (0, 1, 2) if self.channels_last else (0, 2, 3)
+        self.count = x.size // C
+        # Σ over positions of a product of two x-shaped arrays, without materialising the product.
+        self.dot = "nhwc,nhwc->c" if self.channels_last else "nchw,nchw->c"
+        if self.training:
+            if self.count < 2:
+                raise ValueError(f"batch_norm2d in training mode needs more than one value per channel, "
+                                 f"got input of shape {x.shape}")
+            mean = x.mean(axis=axes)
+            x_hat = x - self._per_channel(mean)
+            var = xp.einsum(self.dot, x_hat, x_hat) / self.count
+            if self.running_mean is not None:
+                m = self.momentum  # in place: the caller's arrays (a module's buffers) are updated
+                self.running_mean *= 1.0 - m
+                self.running_mean += m * mean
+                self.running_var *= 1.0 - m
+                self.running_var += (m * self.count / (self.count - 1)) * var
+            self.inv_std = 1.0 / xp.sqrt(var + self.eps)
+            x_hat *= self._per_channel(self.inv_std)
+        else:
+            if self.running_mean is None or self.running_var is None:
+                raise ValueError("batch_norm2d in evaluation mode needs running_mean and running_var")
+            self.inv_std = (1.0 / xp.sqrt(self.running_var + self.eps)).astype(x.dtype, copy=False)
+            x_hat = x - self._per_channel(self.running_mean.astype(x.dtype, copy=False))
+            x_hat *= self._per_channel(self.inv_std)
+        del self.running_mean, self.running_var  # backward needs neither; keep no reference to buffers
+        self.x_hat, self.weight = x_hat, weight
+        y = x_hat * self._per_channel(weight)
+        y += self._per_channel(bias)
+        return y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        # Σgy and Σ(gy x̂) are db and dw, and training's dx needs both: computed whatever is asked.
+        gb = gy.sum(axis=(0, 1, 2) if self.channels_last else (0, 2, 3))
+        gw = xp.einsum(self.dot, gy, self.x_hat)
+        gx = None
+        if self.needs_input_grad[0]:
+            if self.training:  # μ and σ depend on x: remove gy's components along 1 and x̂
+                gx = gy - self._per_channel(gb / self.count)
+                gx -= self.x_hat * self._per_channel(gw / self.count)
+                gx *= self._per_channel(self.weight * self.inv_std)
+            else:
+                gx = gy * self._per_channel(self.weight * self.inv_std)
+        return (gx,
+                gw if self.needs_input_grad[1] else None,
+                gb if self.needs_input_grad[2] else None)
+
+
+def batch_norm2d(x, weight, bias, running_mean=None, running_var=None, training: bool = True,
+                 momentum: float = 0.1, eps: float = 1e-5, channels_last: bool = False):
+    """Batch normalisation of images, per channel: x (N, C, H, W), or (N, H, W, C) with
+    ``channels_last=True``; weight, bias: (C,) → the shape of x.
+
+    ``running_mean``, ``running_var``: (C,) arrays (or Tensors), updated in place in training
+    and used instead of the batch statistics in evaluation (``training=False``).
+    """
+    arrays = [r.data if isinstance(r, Tensor) else r for r in (running_mean, running_var)]
+    if (arrays[0] is None) != (arrays[1] is None):
+        raise ValueError("batch_norm2d: give both running_mean and running_var, or neither")
+    return BatchNorm2d(bool(training), *arrays, float(momentum), float(eps), bool(channels_last))(x, weight, bias)
 
 
 # ---------------------------------------------------------------------------

@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+IMAGE_TOWERS = ("report", "resnet")
+
 
 @dataclass
 class CLIPConfig:
     """Sizes of both towers (the report's model by default).
 
     The image tower halves the image ``len(conv_channels)`` times, so ``image_size``
-    must be divisible by ``2 ** len(conv_channels)``.
+    must be divisible by ``2 ** len(conv_channels)``. ``image_tower`` picks its blocks:
+    "report" (conv → ReLU → max-pool) or "resnet" (residual blocks with batch norm, same widths).
     """
 
     image_size: int = 128
@@ -24,6 +27,7 @@ class CLIPConfig:
     ff_dim: int = 512
     dropout: float = 0.1
     embed_dim: int = 128
+    image_tower: str = "report"  # a later field: configs saved before it load as "report"
 
     def __post_init__(self):
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -33,6 +37,9 @@ class CLIPConfig:
         elif self.image_size % (2 ** len(self.conv_channels)):
             problems.append(f"image_size {self.image_size} is not divisible by 2**{len(self.conv_channels)} "
                             f"(one halving per conv block)")
+        if self.image_tower not in IMAGE_TOWERS:
+            problems.append(f"image_tower must be one of {', '.join(map(repr, IMAGE_TOWERS))}, "
+                            f"got {self.image_tower!r}")
         if self.width % self.heads:
             problems.append(f"width {self.width} is not divisible by heads {self.heads}")
         if not 0.0 <= self.dropout < 1.0:

@@ -1,16 +1,57 @@
-"""The image tower: a plain CNN of conv + ReLU + max-pool blocks, flattened and projected."""
+"""The image tower: a CNN of blocks that halve the image, flattened and projected.
+
+Two kinds of block, chosen by ``config.image_tower``: the report's plain conv + ReLU + max-pool,
+or a residual block with batch norm (He et al., 2016) at the same widths.
+"""
 
 from __future__ import annotations
 
 from .. import nn
+from ..functional.arithmetic import relu
 from .config import CLIPConfig
+
+
+class ResidualBlock(nn.Module):
+    """relu(BN(conv3×3(relu(BN(conv3×3(x))))) + skip(x)), then max-pool 2, on (N, H, W, C_in) → (N, H/2, W/2, C_out).
+
+    The skip is x itself when the channels stay, else a 1×1 conv + BN that maps C_in to C_out.
+    The convs have no bias: the batch norm after each one subtracts the mean anyway.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False, channels_last=True)
+        self.bn1 = nn.BatchNorm2d(out_channels, channels_last=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False, channels_last=True)
+        self.bn2 = nn.BatchNorm2d(out_channels, channels_last=True)
+        self.skip = None
+        if in_channels != out_channels:
+            self.skip = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False, channels_last=True),
+                                      nn.BatchNorm2d(out_channels, channels_last=True))
+        self.pool = nn.MaxPool2d(2, channels_last=True)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
+        return self.pool(relu(y + (x if self.skip is None else self.skip(x))))
+
+
+def report_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """The report's block: conv 3×3 (padding 1) → ReLU → max-pool 2, on (N, H, W, C_in) → (N, H/2, W/2, C_out)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, channels_last=True),
+        nn.ReLU(),
+        nn.MaxPool2d(2, channels_last=True),
+    )
+
+
+BLOCKS = {"report": report_block, "resnet": ResidualBlock}  # config.image_tower → block(in, out)
 
 
 class ImageEncoder(nn.Module):
     """``(N, 3, S, S)`` normalised images → ``(N, embed_dim)`` features (not yet normalised).
 
-    One block per entry of ``conv_channels``: conv 3×3 (padding 1) → ReLU → max-pool 2,
-    so channels grow while the image halves; then flatten and a linear projection.
+    One block per entry of ``conv_channels`` (``report_block`` or ``ResidualBlock``), so
+    channels grow while the image halves; then flatten and a linear projection.
     Inside, the tower works channels-last (N, H, W, C): the im2col matmuls are much
     faster in that layout on the CPU, and one transpose at the input pays for it.
     The flatten therefore runs over (H, W, C), not PyTorch's (C, H, W).
@@ -18,14 +59,11 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
+        block = BLOCKS[config.image_tower]
         self.blocks = nn.ModuleList()
         in_channels = 3
         for out_channels in config.conv_channels:
-            self.blocks.append(nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 3, padding=1, channels_last=True),
-                nn.ReLU(),
-                nn.MaxPool2d(2, channels_last=True),
-            ))
+            self.blocks.append(block(in_channels, out_channels))
             in_channels = out_channels
         side = config.image_size // 2 ** len(config.conv_channels)
         self.image_size = config.image_size

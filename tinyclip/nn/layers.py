@@ -2,7 +2,8 @@
 
 Initialisation follows PyTorch's defaults, so models behave like their PyTorch
 twins: Linear and Conv2d weights and biases are U(-1/√fan_in, 1/√fan_in),
-Embedding is N(0, 1), LayerNorm starts as the identity (weight 1, bias 0).
+Embedding is N(0, 1), LayerNorm and BatchNorm2d start as the identity (weight 1,
+bias 0; running mean 0 and variance 1).
 
 Linear's weight is stored ``(in_features, out_features)`` so that ``y = x @ W + b``
 needs no transpose (PyTorch stores the transpose, ``(out, in)``).
@@ -13,9 +14,9 @@ from __future__ import annotations
 from ..functional.arithmetic import gelu, linear, relu
 from ..functional.conv import conv2d, max_pool2d
 from ..functional.embedding import embedding
-from ..functional.norm import dropout, layer_norm
+from ..functional.norm import batch_norm2d, dropout, layer_norm
 from . import init
-from .module import Module
+from .module import Buffer, Module
 
 
 def _pair(value) -> tuple:
@@ -101,6 +102,32 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+class BatchNorm2d(Module):
+    """Per-channel batch norm of images: (x - μ) / √(σ² + eps) · w + b, μ and σ² over (N, H, W).
+
+    Training mode uses the batch's statistics and moves the running ones (buffers, saved in the
+    ``state_dict``) towards them by ``momentum``; ``eval()`` uses the running ones.
+    x: (N, C, H, W), or (N, H, W, C) with ``channels_last=True``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, channels_last: bool = False):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.channels_last = channels_last
+        self.weight = init.ones_(init.empty(num_features))
+        self.bias = init.zeros_(init.empty(num_features))
+        self.running_mean = Buffer(init.zeros_(init.empty(num_features)))
+        self.running_var = Buffer(init.ones_(init.empty(num_features)))
+
+    def forward(self, x):
+        return batch_norm2d(x, self.weight, self.bias, self.running_mean, self.running_var, training=self.training,
+                            momentum=self.momentum, eps=self.eps, channels_last=self.channels_last)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"channels_last={self.channels_last}")
 
 
 class Dropout(Module):

@@ -1,6 +1,7 @@
-"""Parameter and Module: the containers that layers and models are built from.
+"""Parameter, Buffer and Module: the containers that layers and models are built from.
 
-A ``Module`` holds ``Parameter``s (tensors an optimizer updates) and other modules.
+A ``Module`` holds ``Parameter``s (tensors an optimizer updates), ``Buffer``s (state it
+keeps but does not learn, such as batch norm's running statistics) and other modules.
 Nothing has to be declared: assigning an attribute registers it, and the order of
 assignment is the order of ``parameters()``:
 
@@ -11,7 +12,8 @@ assignment is the order of ``parameters()``:
             self.proj = Linear(64, 64)         # parameters "proj.weight", "proj.bias"
 
 The registry is the instance ``__dict__`` itself (Python keeps it in insertion
-order): ``named_parameters`` walks it and picks out the Parameters and Modules.
+order): ``named_parameters`` walks it and picks out the Parameters and Modules,
+``named_buffers`` the Buffers, and ``state_dict`` both.
 ``__setattr__`` only guards against the classic silent bug, a plain list of layers
 (its parameters would never reach the optimizer): use ``ModuleList`` for those.
 """
@@ -24,6 +26,15 @@ from .. import backend
 from ..tensor import Tensor
 
 
+def _float_default(data, dtype):
+    """(array data, dtype): float arrays get ``backend.default_dtype()`` unless ``dtype`` is given."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is None and getattr(data, "dtype", None) is not None and data.dtype.kind == "f":
+        dtype = backend.default_dtype()
+    return data, dtype
+
+
 class Parameter(Tensor):
     """A tensor that a model learns: always ``requires_grad``; floats in the default dtype.
 
@@ -32,14 +43,24 @@ class Parameter(Tensor):
     """
 
     def __init__(self, data, dtype=None):
-        if isinstance(data, Tensor):
-            data = data.data
-        if dtype is None and getattr(data, "dtype", None) is not None and data.dtype.kind == "f":
-            dtype = backend.default_dtype()
+        data, dtype = _float_default(data, dtype)
         super().__init__(data, requires_grad=True, dtype=dtype)
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
+
+
+class Buffer(Tensor):
+    """A tensor a module keeps but does not learn: saved by ``state_dict``, moved by ``to``, never
+    given to an optimizer, never ``requires_grad``. Floats in the default dtype, as Parameter.
+    """
+
+    def __init__(self, data, dtype=None):
+        data, dtype = _float_default(data, dtype)
+        super().__init__(data, requires_grad=False, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return "Buffer containing:\n" + super().__repr__()
 
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -95,25 +116,37 @@ class Module:
         for _, module in self.named_modules():
             yield module
 
-    def named_parameters(self, prefix: str = "", _seen=None):
-        """(dotted name, parameter) in assignment order, e.g. ``blocks.0.attn.q_proj.weight``.
+    def _named_tensors(self, kinds: tuple, prefix: str = "", _seen=None):
+        """(dotted name, tensor) for the tensors of the given classes, in assignment order, depth first.
 
-        A parameter or module reachable twice (shared) is listed once, under its first name.
+        A tensor or module reachable twice (shared) is listed once, under its first name.
         """
         seen = set() if _seen is None else _seen
         for name, value in vars(self).items():
-            if id(value) in seen or not isinstance(value, (Parameter, Module)):
+            if id(value) in seen or not isinstance(value, (*kinds, Module)):
                 continue
             seen.add(id(value))
             full = f"{prefix}.{name}" if prefix else name
-            if isinstance(value, Parameter):
-                yield full, value
+            if isinstance(value, Module):
+                yield from value._named_tensors(kinds, full, seen)
             else:
-                yield from value.named_parameters(full, seen)
+                yield full, value
+
+    def named_parameters(self, prefix: str = ""):
+        """(dotted name, parameter) in assignment order, e.g. ``blocks.0.attn.q_proj.weight``."""
+        return self._named_tensors((Parameter,), prefix)
 
     def parameters(self):
         for _, param in self.named_parameters():
             yield param
+
+    def named_buffers(self, prefix: str = ""):
+        """(dotted name, buffer) in assignment order, e.g. ``blocks.0.bn1.running_mean``."""
+        return self._named_tensors((Buffer,), prefix)
+
+    def buffers(self):
+        for _, buffer in self.named_buffers():
+            yield buffer
 
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
@@ -133,7 +166,7 @@ class Module:
             param.grad = None
 
     def to(self, device: str) -> "Module":
-        """Move every parameter (and its gradient) and every plain Tensor attribute to ``device``, in place.
+        """Move every parameter (and its gradient), buffer and plain Tensor attribute to ``device``, in place.
 
         The Parameter objects stay the same, so an optimizer built before the move still holds them.
         """
@@ -147,21 +180,24 @@ class Module:
 
     # ----- saving and loading -------------------------------------------------
     def state_dict(self) -> dict:
-        """{dotted name: NumPy copy of the parameter}, in ``named_parameters`` order."""
+        """{dotted name: NumPy copy of the parameter or buffer}, in assignment order.
+
+        A module without buffers gives exactly the ``named_parameters`` (older checkpoints load).
+        """
         state = {}
-        for name, param in self.named_parameters():
+        for name, param in self._named_tensors((Parameter, Buffer)):
             array = backend.to_numpy(param.data)
             state[name] = array.copy() if array is param.data else array
         return state
 
     def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
-        """Copy ``state``'s arrays into the existing parameters (keeping their device and dtype).
+        """Copy ``state``'s arrays into the existing parameters and buffers (keeping their device and dtype).
 
         Raises ``KeyError`` listing missing and unexpected names (when ``strict``) and
         ``ValueError`` listing shape mismatches (always). Nothing is copied when it raises.
         Returns ``(missing_keys, unexpected_keys)``.
         """
-        params = dict(self.named_parameters())
+        params = dict(self._named_tensors((Parameter, Buffer)))
         missing = [name for name in params if name not in state]
         unexpected = [name for name in state if name not in params]
         if strict and (missing or unexpected):
@@ -182,8 +218,8 @@ class Module:
                 mismatched.append(f"{name}: checkpoint {tuple(value.shape)} vs model {param.shape}")
             values[name] = value
         if mismatched:
-            raise ValueError(f"load_state_dict for {type(self).__name__}: shape mismatch for "
-                             f"{len(mismatched)} parameter(s):\n  " + "\n  ".join(mismatched))
+            raise ValueError(f"load_state_dict for {type(self).__name__}: {len(mismatched)} shape "
+                             f"mismatch(es):\n  " + "\n  ".join(mismatched))
         for name, value in values.items():
             param = params[name]
             # In place: the Parameter objects (held by optimizers) stay the same.
