@@ -177,3 +177,83 @@ def test_embed_and_similarity_helpers():
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
     assert model.training  # helpers restore the mode they found
     assert model.embed_images(images, batch_size=2).shape == (3, 12)
+
+
+# ---------------------------------------------------------------------------
+# the residual image tower (config.image_tower = "resnet")
+# ---------------------------------------------------------------------------
+
+RESNET = {**TINY, "image_tower": "resnet"}
+
+
+def test_image_tower_field_is_validated_and_defaults_to_report():
+    with pytest.raises(ValueError, match="image_tower must be one of 'report', 'resnet', got 'vit'"):
+        CLIPConfig(**{**TINY, "image_tower": "vit"})
+    saved = CLIPConfig(**TINY).to_dict()
+    del saved["image_tower"]  # a config written before the field existed
+    assert CLIPConfig.from_dict(saved).image_tower == "report"
+
+
+def test_report_tower_state_dict_is_its_parameters():
+    # No buffers in the report tower: its checkpoints keep exactly the names they had.
+    encoder = ImageEncoder(CLIPConfig(**TINY))
+    assert list(encoder.named_buffers()) == []
+    assert list(encoder.state_dict()) == ["blocks.0.0.weight", "blocks.0.0.bias", "blocks.1.0.weight",
+                                          "blocks.1.0.bias", "proj.weight", "proj.bias"]
+
+
+def test_resnet_tower_shapes_and_modes():
+    config = CLIPConfig(**RESNET)
+    model = CLIP(config)
+    encoder = model.image_encoder
+    images = Tensor(tiny_batch(4, config)[0])
+    assert encoder(images).shape == (4, 12)
+    names = [name for name, _ in encoder.named_buffers()]
+    assert "blocks.0.bn1.running_mean" in names and "blocks.1.skip.1.running_var" in names  # 4 → 8: 1×1 skip
+    train_out = encoder(images).numpy()
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    stats = {name: b.data.copy() for name, b in encoder.named_buffers()}
+    eval_out = encoder(images).numpy()
+    assert not np.allclose(train_out, eval_out)  # running statistics, not the batch's
+    np.testing.assert_array_equal(eval_out, encoder(images).numpy())
+    assert all(np.array_equal(stats[name], b.data) for name, b in encoder.named_buffers())  # eval moves none
+    np.testing.assert_allclose(encoder(images[:1]).numpy(), eval_out[:1], rtol=1e-5, atol=1e-6)  # one image
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_resnet_state_dict_round_trip_keeps_running_statistics():
+    config = CLIPConfig(**RESNET)
+    encoder = ImageEncoder(config)
+    images = Tensor(tiny_batch(5, config)[0])
+    for _ in range(3):
+        encoder(images)  # training-mode passes move the running statistics
+    state = encoder.state_dict()
+    assert not np.allclose(state["blocks.0.bn1.running_mean"], 0)
+    tinyclip.manual_seed(1)
+    twin = ImageEncoder(config)
+    twin.load_state_dict(state)
+    for name, value in twin.state_dict().items():
+        np.testing.assert_array_equal(value, state[name], err_msg=name)
+    np.testing.assert_array_equal(twin.eval()(images).numpy(), encoder.eval()(images).numpy())
+
+
+def test_resnet_tower_learns():
+    # Gradients reach every parameter, and a few Adam steps lower a regression loss on a tiny batch.
+    config = CLIPConfig(**RESNET)
+    encoder = ImageEncoder(config)
+    images = Tensor(tiny_batch(6, config, seed=2)[0])
+    target = Tensor(np.random.default_rng(3).standard_normal((6, 12)).astype(np.float32))
+    opt = tinyclip.optim.Adam(encoder.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        diff = encoder(images) - target
+        loss = (diff * diff).mean()
+        opt.zero_grad()
+        loss.backward()
+        if not losses:
+            assert all(p.grad is not None and np.abs(p.grad).sum() > 0 for p in encoder.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
