@@ -15,3 +15,4 @@ from .norm import batch_norm2d, dropout, layer_norm
 from .embedding import embedding
 from .loss import binary_cross_entropy_with_logits, cross_entropy, log_softmax, softmax
 from .attention import scaled_dot_product_attention
+from .distributed import all_gather
