@@ -128,6 +128,17 @@ def test_float32_stays_float32():
     np.testing.assert_allclose(y.data, want, rtol=1e-4, atol=1e-5)
 
 
+def test_float32_statistics_stay_accurate_over_many_positions():
+    # 2**18 positions per channel, far from zero mean: a single float32 running sum would drift to ~1e-4.
+    x = (np.random.default_rng(11).standard_normal((64, 64, 64, 2)) * 0.5 + 3.0).astype(np.float32)
+    mean, var = np.zeros(2, np.float32), np.ones(2, np.float32)
+    batch_norm2d(Tensor(x), Tensor(np.ones(2, np.float32)), Tensor(np.zeros(2, np.float32)), mean, var,
+                 momentum=1.0, channels_last=True)
+    exact = x.astype(np.float64).reshape(-1, 2)
+    np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=2e-6)
+    np.testing.assert_allclose(var, exact.var(axis=0, ddof=1), rtol=2e-5)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda x, w: batch_norm2d(x[:1, :1, :1], w, w, channels_last=True), "more than one value per channel"),
     (lambda x, w: batch_norm2d(x, w, w, training=False, channels_last=True), "needs running_mean and running_var"),
