@@ -263,7 +263,7 @@ def tinyclip_worker(spec: dict) -> dict:
         other = Tensor(on_device(random_unit_rows(cfg["batch"], cfg["embed_dim"])))
         if row == "full step":
             params = list(model.parameters())
-            compute_loss = lambda: model(images, ids, mask)  # noqa: E731
+            compute_loss = lambda: model.loss(images, ids, mask)  # noqa: E731
         elif row == "image tower step":
             params = list(model.image_encoder.parameters()) + [model.logit_scale]
             compute_loss = lambda: clip_loss(model.encode_image(images), other, model.logit_scale)  # noqa: E731
@@ -321,7 +321,7 @@ def torch_worker(spec: dict) -> dict:
         other = on_device(random_unit_rows(cfg["batch"], cfg["embed_dim"]))
         if row == "full step":
             params = list(model.parameters())
-            compute_loss = lambda: model(images, ids, mask)  # noqa: E731
+            compute_loss = lambda: model.loss(images, ids, mask)  # noqa: E731
         elif row == "image tower step":
             params = list(model.image_encoder.parameters()) + [model.logit_scale]
             compute_loss = lambda: ref.clip_loss(model.encode_image(images), other, model.logit_scale)  # noqa: E731
@@ -366,7 +366,7 @@ def check_worker(spec: dict) -> dict:
 
     # 1. dtypes through one training step (dropout on).
     named = dict(model.named_parameters())
-    loss = model(Tensor(on_device(images)), on_device(ids), on_device(mask))
+    loss = model.loss(Tensor(on_device(images)), on_device(ids), on_device(mask))
     loss.backward()
     bad = [f"loss is {loss.dtype}"] if loss.dtype != np.float32 else []
     bad += [f"parameter {n} is {p.dtype}" for n, p in named.items() if p.dtype != np.float32]
@@ -390,7 +390,7 @@ def check_worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
         model.eval()
         model.zero_grad()
-        loss = model(Tensor(on_device(images)), on_device(ids), on_device(mask))
+        loss = model.loss(Tensor(on_device(images)), on_device(ids), on_device(mask))
         loss.backward()
         twin = ref.CLIP(argparse.Namespace(**cfg)).eval()
         ref.load_tinyclip_weights(twin, {n: tinyclip.to_numpy(p.data) for n, p in named.items()})

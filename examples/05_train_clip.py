@@ -73,7 +73,7 @@ def mean_loss(model, images, ids, mask, index):
     total = 0.0
     with tinyclip.no_grad():
         for batch in iterate_batches(len(index), BATCH, shuffle=False):
-            total += model(*batch_inputs(model, images, ids, mask, index[batch])).item() * len(batch)
+            total += model.loss(*batch_inputs(model, images, ids, mask, index[batch])).item() * len(batch)
     model.train()
     return total / len(index)
 
@@ -136,7 +136,7 @@ def main():
     optimizer.step()
     model.clamp_logit_scale()  # CLIP keeps exp(logit_scale) ≤ 100
     with tinyclip.no_grad():
-        after = model(x, batch_ids, batch_mask).item()
+        after = model.loss(x, batch_ids, batch_mask).item()
     print(f"gradient norm {grad_norm:.3f} (clipped to 1.0); Adam step with lr {LR}")
     print(f"loss on the same batch: {loss.item():.4f} before the step, {after:.4f} after")
 
@@ -149,7 +149,7 @@ def main():
     for epoch in range(1, EPOCHS + 1):
         t0, losses = time.perf_counter(), []
         for batch in iterate_batches(len(train_idx), BATCH, rng=shuffle):  # a new order every epoch
-            loss = model(*batch_inputs(model, images, ids, mask, train_idx[batch]))
+            loss = model.loss(*batch_inputs(model, images, ids, mask, train_idx[batch]))
             optimizer.zero_grad()
             loss.backward()
             optim.clip_grad_norm(model.parameters(), 1.0)

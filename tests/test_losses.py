@@ -107,7 +107,7 @@ def test_accumulated_clip_step_equals_one_big_batch():
     ids[mask] = 0
     with backend.default_dtype_as(np.float64):
         model = CLIP(config)
-        loss = model(Tensor(images), ids, mask)
+        loss = model.loss(Tensor(images), ids, mask)
         loss.backward()
         full = {name: p.grad.copy() for name, p in model.named_parameters()}
         model.zero_grad()

@@ -222,3 +222,17 @@ def test_pneumonia_prompts(tmp_path):
     assert parse_prompts(str(path)) == {"normal": ["normal", "clear lungs"], "pneumonia": ["consolidation"]}
     with pytest.raises(ValueError):
         parse_prompts("only one prompt")
+
+
+def test_logistic_probe_on_frozen_image_embeddings(tmp_path):
+    """The probe (trained on the run's training part, scored on its test part) beats the majority class."""
+    import json
+    from tinyclip import evaluate, train
+    from test_train import TINY
+    run = tmp_path / "run"
+    assert train.main(TINY + ["--num-samples", "200", "--epochs", "1", "--out", str(run)]) == 0
+    assert evaluate.main(["--run", str(run), "--task", "modality", "--out", str(tmp_path / "eval"),
+                          "--device", "cpu"]) == 0
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())["modality"]
+    assert m["probe_train_n"] == 128
+    assert m["majority_baseline"] < m["accuracy_probe"] <= 1 and 0 < m["balanced_accuracy_probe"] <= 1

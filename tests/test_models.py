@@ -105,7 +105,7 @@ def test_tiny_clip_gradcheck_end_to_end():
                 for part in path:
                     owner = getattr(owner, part)
                 object.__setattr__(owner, leaf, w)
-            return model(images_t, ids, mask)
+            return model.loss(images_t, ids, mask)
 
         # One random direction per input keeps the check at two forward passes each.
         gradcheck(loss_of, [images] + originals, directions=2, atol=1e-6, rtol=1e-4)
@@ -119,7 +119,7 @@ def test_overfit_one_batch():
     opt = tinyclip.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for _ in range(120):
-        loss = model(Tensor(images), ids, mask)
+        loss = model.loss(Tensor(images), ids, mask)
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
@@ -153,7 +153,7 @@ def test_float32_step_has_no_float64():
 
     tinyclip.Function.__call__ = spy
     try:
-        loss = model(Tensor(images), ids, mask)
+        loss = model.loss(Tensor(images), ids, mask)
     finally:
         tinyclip.Function.__call__ = original_call
     loss.backward()

@@ -282,8 +282,8 @@ def test_divergence_that_is_not_nan_stops(tmp_path):
 
 
 def test_nan_before_any_checkpoint_says_so(tmp_path, monkeypatch, capsys):
-    original = train.CLIP.forward
-    monkeypatch.setattr(train.CLIP, "forward", lambda self, *a: original(self, *a) * float("nan"))
+    original = train.clip_loss
+    monkeypatch.setattr(train, "clip_loss", lambda *a: original(*a) * float("nan"))
     assert train.main(TINY + ["--epochs", "2", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert "no epoch finished" in err and "kept" not in err
@@ -293,7 +293,7 @@ def test_interrupt_says_what_is_on_disk(tmp_path, monkeypatch, capsys):
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "validation_loss", interrupt)
+    monkeypatch.setattr(train, "validate", interrupt)
     assert train.main(TINY + ["--epochs", "2", "--out", str(tmp_path / "r")]) == 130
     assert "no epoch finished" in capsys.readouterr().err
 

@@ -26,27 +26,33 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, optim
+from . import backend, nn, optim
 from .cli import (OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int,
                   probability)
 from .checkpoint import load_checkpoint, restoring, save_checkpoint
 from .data.pairs import SOURCES, check_ids, fold_split, load_pairs, run_split
+from .data.augment import augment_caption, augment_images
+from .data.chest_xray import IMAGE_SUFFIXES, KERMANY_FOLDERS
 from .data.split import iterate_batches
 from .io import atomic_write, remove_stale_temporaries, run_lock
+from .losses import accumulated_clip_step, clip_loss, concept_sets, concept_targets, simclr_loss, soft_clip_loss
 from .models import CLIP, CLIPConfig
-from .tensor import no_grad
+from .models.config import IMAGE_TOWERS
+from .models.clip import l2_normalize
+from .recipes import DEFAULT_RECIPE, RECIPE_FLAGS, RECIPES, apply_recipe
+from .tasks.retrieval import retrieval_metrics, same_caption
+from .tensor import Tensor, no_grad
 from .text import Tokenizer
 
 # The files of a run directory (removed before a new run starts in it, so nothing of an old run mixes in).
 RUN_FILES = ("last.npz", "best.npz", "last.json", "best.json", "metrics.csv")
-RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "lr", "optimizer", "weight_decay",
-             "warmup_steps", "grad_clip", "max_vocab", "min_freq", "patience", "split_seed",
-             "folds", "fold")
+RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "grad_clip", "max_vocab", "min_freq",
+             "patience", "split_seed", "folds", "fold", "recipe", "pretrain_epochs", "pretrain_images") + RECIPE_FLAGS
 # Flags that may differ from the saved run when resuming; every other flag given with --resume must match it.
 MAY_CHANGE_ON_RESUME = ("epochs", "data_dir", "device", "no_progress", "cache_dir", "resume", "out")
 # The model flags, saved in the checkpoint's config rather than its args.
-MODEL_FLAGS = ("image_size", "conv_channels", "text_layers", "width", "heads", "ff_dim", "dropout", "embed_dim",
-               "max_len")
+MODEL_FLAGS = ("image_tower", "image_size", "conv_channels", "text_layers", "width", "heads", "ff_dim", "dropout",
+               "embed_dim", "max_len")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,22 +79,56 @@ def build_parser() -> argparse.ArgumentParser:
                    "never replaced unless --overwrite is given")
     t.add_argument("--overwrite", action="store_true", help="allow --out to name an existing run, replacing it")
     t.add_argument("--epochs", type=positive_int, default=7, help="number of epochs (the total, also when resuming)")
-    t.add_argument("--batch-size", type=positive_int, default=64)
-    t.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate")
-    t.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
-    t.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
-    t.add_argument("--warmup-steps", type=nonnegative_int, default=0, help="linear warmup steps, then cosine decay to 0 "
-                   "(with 0: a constant learning rate)")
+    t.add_argument("--batch-size", type=positive_int, default=64, help="pairs per micro-batch")
     t.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="clip the global gradient norm (0: off)")
     t.add_argument("--patience", type=nonnegative_int, default=3,
-                   help="stop after this many epochs without a better validation loss (0: never stop early)")
+                   help="stop after this many epochs without a better --select score (0: never stop early)")
     t.add_argument("--seed", type=nonnegative_int, default=0, help="seed of initialisation, dropout, shuffling and synthetic data")
     t.add_argument("--device", choices=backend.DEVICES, default=os.environ.get("TINYCLIP_DEVICE", "auto").lower(),
                    help="cpu (NumPy) or cuda (CuPy); the default comes from $TINYCLIP_DEVICE")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    r = p.add_argument_group("recipe", "--recipe sets every flag of this group; a flag given explicitly wins. "
+                             "report: " + _describe(RECIPES["report"]) + ". small-data: "
+                             + _describe(RECIPES["small-data"]))
+    r.add_argument("--recipe", choices=tuple(RECIPES), help="default: " + ", ".join(
+        f"{name} for --data {data}" for data, name in DEFAULT_RECIPE.items()))
+    r.add_argument("--optimizer", choices=("adam", "adamw"))
+    r.add_argument("--lr", type=positive_float, help="peak learning rate")
+    r.add_argument("--weight-decay", type=nonnegative_float, help="on weight matrices and kernels only (never on "
+                   "biases, norm gains or the logit scale)")
+    r.add_argument("--warmup-steps", type=nonnegative_int, help="linear warmup steps, then cosine decay to 0 "
+                   "(0: a constant learning rate)")
+    r.add_argument("--loss", choices=("clip", "concept"), help="clip: each pair its own target; concept: soft "
+                   "targets that also credit pairs sharing UMLS concepts (MedCLIP)")
+    r.add_argument("--concept-alpha", type=probability, help="weight of the own pair in the concept targets "
+                   "(1: the clip loss)")
+    r.add_argument("--concept-source", choices=("cuis", "cuis+modality"),
+                   help="the concept set of a pair: its CUIs, or its CUIs plus the modality named by its caption")
+    r.add_argument("--augment", type=probability, help="image augmentation strength (crop, rotation, shift, "
+                   "brightness/contrast, noise; no flips), 0: off")
+    r.add_argument("--text-augment", type=probability, help="caption augmentation strength (one sentence, word "
+                   "dropout), 0: off")
+    r.add_argument("--accum-steps", type=positive_int, help="micro-batches per step: an exact contrastive batch "
+                   "of accum-steps x batch-size pairs at the memory of one micro-batch")
+    r.add_argument("--ssl-weight", type=nonnegative_float, help="weight of a SimCLR loss on two views of each "
+                   "image (SLIP), 0: off")
+    r.add_argument("--select", choices=("val_loss", "val_r10"), help="what chooses the best checkpoint and early "
+                   "stopping: the validation loss, or the validation R@10 (mean of both directions)")
+    r.add_argument("--temperature", type=nonnegative_float, help="a fixed softmax temperature (e.g. 0.07); 0: learned")
+    r.add_argument("--logit-scale-lr", type=nonnegative_float, help="the logit scale's learning rate, as a factor "
+                   "of --lr")
+    s = p.add_argument_group("image pretraining", "an image-only SimCLR phase before the contrastive epochs, on "
+                             "the run's training images and any --pretrain-images folders (labels ignored)")
+    s.add_argument("--pretrain-epochs", type=nonnegative_int, default=0, help="epochs of the phase (0: none); a "
+                   "crash during it repeats it, since the first checkpoint is written after the first CLIP epoch")
+    s.add_argument("--pretrain-images", nargs="+", default=[], metavar="DIR",
+                   help="folders of unlabelled images (searched recursively), e.g. "
+                        "chest_xray/train; never a Kermany test folder or the run's own data folder")
     m = p.add_argument_group("model")
     defaults = CLIPConfig()
+    m.add_argument("--image-tower", choices=IMAGE_TOWERS, default=defaults.image_tower,
+                   help="report: conv + ReLU + max-pool blocks; resnet: residual blocks with batch norm, same widths")
     m.add_argument("--image-size", type=positive_int, default=defaults.image_size)
     m.add_argument("--conv-channels", type=_int_list, default=defaults.conv_channels,
                    help="comma-separated channels of the conv blocks, e.g. 16,32,64,128,256")
@@ -100,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--embed-dim", type=positive_int, default=defaults.embed_dim)
     m.add_argument("--max-len", type=positive_int, default=defaults.max_len)
     return p
+
+
+def _describe(recipe: dict) -> str:
+    return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in recipe.items())
 
 
 def _int_list(text: str) -> tuple:
@@ -122,17 +166,107 @@ def batch_tensors(model, images, ids, mask, index):
     return model.image_input(images[index]), xp.asarray(ids[index]), xp.asarray(mask[index])
 
 
-def validation_loss(model, images, ids, mask, index, batch_size: int) -> float:
-    """Mean contrastive loss over ``index`` in fixed batches (eval mode, no graph)."""
-    model.eval()
-    total, count = 0.0, 0
+def validate(model, images, ids, mask, captions, index, batch_size: int) -> dict:
+    """Validation loss (mean CLIP loss over fixed batches) and R@10 both ways over all of ``index`` (eval mode).
+
+    A pair whose caption text repeats counts every identical caption as correct (as the retrieval task).
+    """
+    image_emb = model.embed_images(images[index], batch_size)
+    text_emb = model.embed_texts((ids[index], mask[index]), batch_size)
+    scale = Tensor(backend.to_numpy(model.logit_scale.data).astype(image_emb.dtype))
+    total = 0.0
     with no_grad():
         for start in range(0, len(index), batch_size):
-            part = index[start:start + batch_size]
-            total += float(model(*batch_tensors(model, images, ids, mask, part)).item()) * len(part)
-            count += len(part)
-    model.train()
-    return total / max(count, 1)
+            part = slice(start, start + batch_size)
+            total += float(clip_loss(Tensor(image_emb[part]), Tensor(text_emb[part]), scale).item()) * len(
+                image_emb[part])
+    recall = retrieval_metrics(image_emb @ text_emb.T, same_caption([captions[i] for i in index]), ks=(10,))
+    return {"val_loss": total / max(len(index), 1), "val_r10_i2t": recall["i2t_R@10"],
+            "val_r10_t2i": recall["t2i_R@10"]}
+
+
+def selection_score(row: dict, select: str) -> float:
+    """Lower is better: the validation loss, or minus the mean validation R@10 of both directions."""
+    if select == "val_r10":
+        return -(row["val_r10_i2t"] + row["val_r10_t2i"]) / 2
+    return row["val_loss"]
+
+
+class Objective:
+    """What one training step minimises, as the recipe flags say.
+
+    The CLIP loss (hard targets, or concept-aware soft targets), over one batch or an exact
+    accumulation of micro-batches, plus an optional SimCLR term on two views of each image;
+    images and captions augmented on the way in. ``augment_rng`` is saved for exact resume.
+    """
+
+    def __init__(self, args, model, tokenizer, frame, images, ids, mask):
+        self.args, self.model, self.tokenizer = args, model, tokenizer
+        self.ssl_head = self.make_ssl_head() if args.ssl_weight > 0 else None
+        self.images, self.ids, self.mask = images, ids, mask
+        self.captions = [str(c) for c in frame["caption"]]
+        self.concepts = (concept_sets(frame, with_modality=args.concept_source == "cuis+modality")
+                         if args.loss == "concept" else None)
+        self.augment_rng = np.random.default_rng([args.seed, 1])
+
+    def inputs(self, index):
+        """(images, ids, mask) of the pairs at ``index``, augmented as the flags say."""
+        model, args, xp = self.model, self.args, self.model.logit_scale.xp
+        raw = self.images[index]
+        x = model.image_input(augment_images(raw, self.augment_rng, args.augment) if args.augment > 0 else raw)
+        if args.text_augment > 0:
+            ids, mask = self.tokenizer.encode(
+                [augment_caption(self.captions[i], self.augment_rng, args.text_augment) for i in index],
+                model.config.max_len)
+        else:
+            ids, mask = self.ids[index], self.mask[index]
+        return x, xp.asarray(ids), xp.asarray(mask)
+
+    def loss_fn(self, index):
+        """The contrastive loss of embeddings of the pairs at ``index`` (hard or concept targets)."""
+        if self.concepts is None:
+            return clip_loss
+        xp, dtype = self.model.logit_scale.xp, self.model.logit_scale.dtype
+        targets = concept_targets([self.concepts[i] for i in index], self.args.concept_alpha, xp=xp, dtype=dtype)
+        return lambda image_emb, text_emb, scale: soft_clip_loss(image_emb, text_emb, scale, targets)
+
+    def backward(self, index) -> tuple[float, float]:
+        """Backpropagate the objective of the pairs at ``index``; returns (objective, its contrastive part)."""
+        args, model = self.args, self.model
+        parts = np.array_split(index, min(args.accum_steps, len(index)))
+        micro = [self.inputs(part) for part in parts]
+        loss_fn = self.loss_fn(index)
+        if len(micro) > 1:
+            contrastive = accumulated_clip_step(model, micro, loss_fn)
+        else:
+            loss = loss_fn(*model(*micro[0]))
+            contrastive = float(loss.item())
+            if math.isfinite(contrastive):
+                loss.backward()
+        total = contrastive
+        if args.ssl_weight > 0 and math.isfinite(contrastive):
+            for part, (x, _, _) in zip(parts, micro):  # the CLIP view and one more view of each image
+                total += self.simclr_term(self.images[part], args.ssl_weight / len(micro), first_view=x)
+        return total, contrastive
+
+    def make_ssl_head(self):
+        """The SimCLR projection head: Linear → ReLU → Linear on the image tower's features."""
+        d = self.model.config.embed_dim
+        return nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+
+    def simclr_term(self, raw, weight: float, first_view=None) -> float:
+        """Backpropagate ``weight`` · SimCLR of two augmented views of uint8 ``raw``; returns its value."""
+        model, head = self.model, self.ssl_head
+        views = [first_view if first_view is not None else
+                 model.image_input(augment_images(raw, self.augment_rng, 1.0)),
+                 model.image_input(augment_images(raw, self.augment_rng, 1.0))]
+        z1, z2 = (l2_normalize(head(model.image_encoder(v))) for v in views)
+        loss = simclr_loss(z1, z2, SSL_TEMPERATURE) * weight
+        loss.backward()
+        return float(loss.item())
+
+
+SSL_TEMPERATURE = 0.1  # SimCLR's τ for the image-only term (SLIP uses 0.1)
 
 
 def chance_loss(n: int, batch_size: int) -> float:
@@ -142,8 +276,8 @@ def chance_loss(n: int, batch_size: int) -> float:
 
 
 def learning_rate(args, step: int, total_steps: int) -> float:
-    if args.warmup_steps > 0:
-        return optim.warmup_cosine(step, args.lr, args.warmup_steps, total_steps)
+    if args.warmup_steps > 0:  # a warmup longer than the run warms up over the whole run
+        return optim.warmup_cosine(step, args.lr, min(args.warmup_steps, total_steps), total_steps)
     return optim.constant(step, args.lr)
 
 
@@ -190,6 +324,68 @@ def _saved_split(saved, n: int, where: Path) -> dict:
     return split
 
 
+def _pretraining_pool(args, train_images, log):
+    """uint8 images (N, S, S, 3) for the image-only phase: the run's training images and every --pretrain-images."""
+    from .data.images import load_images
+    parts, data_dir = [train_images], Path(args.data_dir).resolve() if args.data_dir else None
+    for folder in args.pretrain_images:
+        root = Path(folder).resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"--pretrain-images {folder} is not a folder")
+        kermany = root.name.upper() in KERMANY_FOLDERS or any((root / c).is_dir() for c in KERMANY_FOLDERS)
+        if kermany and "test" in (part.lower() for part in root.parts):
+            raise ValueError(f"--pretrain-images {folder} is a Kermany test folder: test images are never trained on")
+        if data_dir and (root == data_dir or root in data_dir.parents or data_dir in root.parents):
+            raise ValueError(f"--pretrain-images {folder} holds the run's own data (its validation and test pairs "
+                             f"included); the run's training images are always part of the phase")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"--pretrain-images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+        found, ok = load_images(files, args.image_size, args.cache_dir, progress=not args.no_progress)
+        log(f"pretraining images: {int(ok.sum())} from {folder}")
+        parts.append(np.asarray(found)[ok])
+    return np.concatenate(parts)
+
+
+def pretrain_images(args, model, objective, pool, log) -> list[dict]:
+    """SimCLR on two augmented views of every image of ``pool``: trains the image tower and the objective's head.
+
+    Its own optimizer (the run's kind, rate and weight decay, warmup + cosine over the phase); returns one row
+    per epoch.
+    """
+    if objective.ssl_head is None:  # no --ssl-weight term later: the phase gets a head of its own
+        objective.ssl_head = objective.make_ssl_head()
+    params = [*model.image_encoder.parameters(), *objective.ssl_head.parameters()]
+    opt_class = optim.AdamW if args.optimizer == "adamw" else optim.Adam
+    opt = opt_class(optim.weight_decay_groups(params), lr=args.lr, weight_decay=args.weight_decay)
+    rng = np.random.default_rng([args.seed, 2])
+    steps = math.ceil(len(pool) / args.batch_size) * args.pretrain_epochs
+    rows, step = [], 0
+    model.train()
+    for epoch in range(1, args.pretrain_epochs + 1):
+        t0, losses = time.perf_counter(), []
+        batches = iterate_batches(len(pool), args.batch_size, rng=rng, shuffle=True)
+        for batch in _progress(batches, math.ceil(len(pool) / args.batch_size), f"pretrain {epoch}",
+                               disable=args.no_progress):
+            if len(batch) < 2:
+                continue  # a SimCLR batch of one image has no negatives
+            opt.lr = optim.warmup_cosine(step, args.lr, min(max(args.warmup_steps, 1), steps), steps)
+            opt.zero_grad()
+            loss = objective.simclr_term(pool[batch], weight=1.0)
+            if not math.isfinite(loss):
+                raise Diverged(f"the image pretraining loss became {loss} in its epoch {epoch}: try a lower --lr")
+            if args.grad_clip > 0:
+                optim.clip_grad_norm(params, args.grad_clip)
+            opt.step()
+            step += 1
+            losses.append(loss)
+        rows.append({"epoch": epoch, "simclr_loss": float(np.mean(losses)),
+                     "seconds": round(time.perf_counter() - t0, 2)})
+        log(f"pretrain epoch {epoch}: SimCLR {rows[-1]['simclr_loss']:.4f} over {len(pool)} images  "
+            f"{rows[-1]['seconds']:.1f}s")
+    return rows
+
+
 # ---------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------
@@ -213,12 +409,12 @@ def _plot_losses(history, path: Path) -> None:
 
 
 def _write_metrics(history, path: Path) -> None:
-    fields = ["epoch", "train_loss", "val_loss", "seconds", "lr"]
+    fields = ["epoch", "train_loss", "val_loss", "val_r10_i2t", "val_r10_t2i", "logit_scale", "seconds", "lr"]
 
     def write(f):
         writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: h[k] for k in fields} for h in history)
+        writer.writerows({k: h.get(k, "") for k in fields} for h in history)  # older runs lack some columns
 
     atomic_write(path, write, mode="w")
 
@@ -231,6 +427,7 @@ def run(args, log=print) -> dict:
         resumed = _load_resumable(args)
         out = Path(args.resume)
     else:
+        apply_recipe(args)
         out = _new_run_dir(args.out, args.overwrite)
     with run_lock(out):
         for tmp in remove_stale_temporaries(out):
@@ -290,6 +487,8 @@ def _load_resumable(args) -> dict:
     if conflicts:
         raise ValueError("--resume continues the saved run; these flags differ from its settings: " + ", ".join(
             f"--{k.replace('_', '-')} {getattr(args, k)} (saved: {saved[k]})" for k in conflicts))
+    # Runs saved before recipes existed trained with the report's settings.
+    saved_args = {"recipe": "report", **RECIPES["report"], **saved_args}
     for key in RESUMABLE:  # the data, split and optimisation settings of the original run
         if key == "data_dir" and "data_dir" in given:
             continue  # the data moved: the new folder is checked against the saved pair ids below
@@ -306,7 +505,6 @@ def _comparable(value):
 
 
 def _train(args, out: Path, resumed, log) -> dict:
-    backend.manual_seed(args.seed)
     if resumed:
         with restoring(_resumed_from(args)):
             args.image_size = int(resumed["config"]["image_size"])
@@ -330,76 +528,103 @@ def _train(args, out: Path, resumed, log) -> dict:
             tokenizer = Tokenizer.from_dict(resumed["tokenizer"])
     else:
         tokenizer = Tokenizer.fit(frame["caption"].iloc[train_idx], max_vocab=args.max_vocab, min_freq=args.min_freq)
-        config = CLIPConfig(image_size=args.image_size, conv_channels=args.conv_channels,
+        config = CLIPConfig(image_tower=args.image_tower, image_size=args.image_size,
+                            conv_channels=args.conv_channels,
                             vocab_size=tokenizer.vocab_size, max_len=args.max_len, width=args.width,
                             text_layers=args.text_layers, heads=args.heads, ff_dim=args.ff_dim,
                             dropout=args.dropout, embed_dim=args.embed_dim)
     ids, mask = tokenizer.encode(list(frame["caption"]), config.max_len)
 
-    model = CLIP(config, tokenizer)
+    # The untrained model is a function of the configuration and the seed alone (evaluate --checkpoint init).
+    model = CLIP.initial(config, tokenizer, args.seed)
+    if args.temperature > 0:  # fixed: set once, and left out of the optimizer
+        model.logit_scale.data[...] = math.log(1.0 / args.temperature)
+    objective = Objective(args, model, tokenizer, frame, images, ids, mask)
+    ssl_head = objective.ssl_head
+    extra = [ssl_head] if ssl_head else []
+    if args.weight_decay == 0 and args.logit_scale_lr == 1 and args.temperature == 0:
+        # Groups would change nothing: one flat list in model order, as runs saved before groups existed.
+        groups = [p for module in [model, *extra] for p in module.parameters()]
+    else:
+        groups = [g for g in model.parameter_groups(extra, args.logit_scale_lr)
+                  if not (args.temperature > 0 and g["params"] == [model.logit_scale])]
     opt_class = optim.AdamW if args.optimizer == "adamw" else optim.Adam
-    optimizer = opt_class(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = opt_class(groups, lr=args.lr, weight_decay=args.weight_decay)
     shuffle_rng = np.random.default_rng(args.seed)
-    history, step, best = [], 0, math.inf
+    history, step = [], 0
     if resumed:
         with restoring(_resumed_from(args)):
             model.load_state_dict(resumed["model"])
+            if ssl_head is not None:
+                ssl_head.load_state_dict(resumed["ssl_head"])
             optimizer.load_state_dict(resumed["optimizer"])
             shuffle_rng.bit_generator.state = resumed["shuffle_rng"]
+            if "augment_rng" in resumed:
+                objective.augment_rng.bit_generator.state = resumed["augment_rng"]
             backend.set_rng_state(resumed["rng"])
-            history, step, best = list(resumed["history"]), int(resumed["step"]), float(resumed["best_val_loss"])
-    steps_per_epoch = math.ceil(len(train_idx) / args.batch_size)
+            history, step = list(resumed["history"]), int(resumed["step"])
+    pairs_per_step = args.batch_size * args.accum_steps
+    steps_per_epoch = math.ceil(len(train_idx) / pairs_per_step)
     total_steps = steps_per_epoch * args.epochs
     log(f"tinyclip.train: {len(frame)} pairs ({args.data}), train {len(train_idx)} / val {len(val_idx)} / "
         f"test {len(split['test'])}; vocabulary {tokenizer.vocab_size}; {model.num_parameters():,} parameters; "
-        f"device {backend.default_device()}; out {out}")
+        f"recipe {args.recipe}; device {backend.default_device()}; out {out}")
     log(f"chance level of the validation loss: {chance_loss(len(val_idx), args.batch_size):.4f} "
-        f"(ln of the batch size, averaged over the validation batches)")
+        f"(ln of the batch size, averaged over the validation batches); of R@10: {min(10 / len(val_idx), 1):.4f}")
+    if not resumed and args.pretrain_epochs:
+        pool = _pretraining_pool(args, images[train_idx], log)
+        pretrain_history = pretrain_images(args, model, objective, pool, log)
+    else:
+        pretrain_history = list(resumed.get("pretrain_history", [])) if resumed else []
 
     def checkpoint_state(epoch):
-        return {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "args": {k: getattr(args, k) for k in RESUMABLE},
-                "split": {k: v.tolist() for k, v in split.items()}, "ids": list(frame["id"]),
-                "epoch": epoch, "step": step, "best_val_loss": best, "history": history,
-                "rng": backend.rng_state(), "shuffle_rng": shuffle_rng.bit_generator.state}
+        state = {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "args": {k: getattr(args, k) for k in RESUMABLE},
+                 "split": {k: v.tolist() for k, v in split.items()}, "ids": list(frame["id"]),
+                 "epoch": epoch, "step": step, "best_val_loss": min(h["val_loss"] for h in history),
+                 "history": history, "rng": backend.rng_state(), "shuffle_rng": shuffle_rng.bit_generator.state,
+                 "augment_rng": objective.augment_rng.bit_generator.state, "pretrain_history": pretrain_history}
+        if ssl_head is not None:
+            state["ssl_head"] = ssl_head.state_dict()
+        return state
 
     start_epoch = len(history)
-    since_best = _epochs_since_best(history)
+    since_best = _epochs_since_best(history, args.select)
     stopped = None
     for epoch in range(start_epoch + 1, args.epochs + 1):
         if args.patience and since_best >= args.patience:
-            stopped = f"early stop: no better validation loss for {since_best} epochs"
+            stopped = f"early stop: no better {args.select} for {since_best} epochs"
             break
         t0 = time.perf_counter()
         model.train()
-        losses, batch_chance = [], []
-        batches = iterate_batches(len(train_idx), args.batch_size, rng=shuffle_rng, shuffle=True)
+        losses, contrastive, batch_chance = [], [], []
+        batches = iterate_batches(len(train_idx), pairs_per_step, rng=shuffle_rng, shuffle=True)
         bar = _progress(batches, steps_per_epoch, f"epoch {epoch}/{args.epochs}", disable=args.no_progress)
         for batch in bar:
             optimizer.lr = learning_rate(args, step, total_steps)
-            loss = model(*batch_tensors(model, images, ids, mask, train_idx[batch]))
-            value = float(loss.item())
+            optimizer.zero_grad()
+            value, part = objective.backward(train_idx[batch])
             if not math.isfinite(value):
                 raise Diverged(f"loss became {value} at epoch {epoch}, step {step}: training stopped; "
                                f"{on_disk(out)}")
-            optimizer.zero_grad()
-            loss.backward()
             if args.grad_clip > 0:
-                optim.clip_grad_norm(model.parameters(), args.grad_clip)
+                optim.clip_grad_norm(optimizer.params, args.grad_clip)
             optimizer.step()
             model.clamp_logit_scale()
             step += 1
             losses.append(value)
+            contrastive.append(part)
             batch_chance.append(math.log(len(batch)))
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        _check_divergence(model, epoch, losses, batch_chance, out, history)
-        val = validation_loss(model, images, ids, mask, val_idx, args.batch_size)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val,
-               "seconds": round(time.perf_counter() - t0, 2), "lr": optimizer.lr}
+        _check_divergence(model, epoch, contrastive, batch_chance, out, history)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+               **validate(model, images, ids, mask, objective.captions, val_idx, args.batch_size),
+               "logit_scale": float(backend.to_numpy(model.logit_scale.data)[0]), "seconds": round(time.perf_counter() - t0, 2),
+               "lr": optimizer.lr}
+        previous_best = min((selection_score(h, args.select) for h in history), default=math.inf)
         history.append(row)
-        improved = val < best
-        best = min(best, val)
+        improved = selection_score(row, args.select) < previous_best
         since_best = 0 if improved else since_best + 1
         # ``last`` is committed last: a crash before it re-runs this epoch on --resume, which rewrites
         # best, metrics.csv and the figure identically, so the files never disagree.
@@ -409,24 +634,29 @@ def _train(args, out: Path, resumed, log) -> dict:
         _write_metrics(history, out / "metrics.csv")
         _plot_losses(history, out / "loss_curve.png")
         save_checkpoint(out, "last", state)
-        log(f"epoch {epoch}: train {row['train_loss']:.4f}  val {val:.4f}{'  (best)' if improved else ''}  "
+        log(f"epoch {epoch}: train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  R@10 i2t "
+            f"{row['val_r10_i2t']:.3f} t2i {row['val_r10_t2i']:.3f}{'  (best)' if improved else ''}  "
             f"{row['seconds']:.1f}s")
     if stopped:
         log(stopped)
     if len(history) == start_epoch:
         log(f"nothing trained: the run has done {start_epoch} epochs and --epochs is {args.epochs}"
             + ("" if stopped else "; give a larger --epochs to train more"))
-    best_epoch = min(history, key=lambda h: h["val_loss"])["epoch"] if history else None
-    log(f"done: best validation loss {best:.4f} at epoch {best_epoch}; checkpoints in {out}")
-    return {"out": out, "history": history, "best_val_loss": best, "best_epoch": best_epoch}
+    best_row = min(history, key=lambda h: selection_score(h, args.select)) if history else None
+    best_val = min((h["val_loss"] for h in history), default=math.inf)
+    if best_row:
+        log(f"done: best epoch {best_row['epoch']} by {args.select} (validation loss {best_row['val_loss']:.4f}, "
+            f"R@10 i2t {best_row['val_r10_i2t']:.3f} t2i {best_row['val_r10_t2i']:.3f}); checkpoints in {out}")
+    return {"out": out, "history": history, "best_val_loss": best_val,
+            "best_epoch": best_row["epoch"] if best_row else None}
 
 
-def _epochs_since_best(history) -> int:
-    """How many epochs have passed since the best validation loss so far."""
+def _epochs_since_best(history, select: str) -> int:
+    """How many epochs have passed since the best ``select`` score so far."""
     if not history:
         return 0
-    losses = [h["val_loss"] for h in history]
-    return len(losses) - 1 - int(np.argmin(losses))
+    scores = [selection_score(h, select) for h in history]
+    return len(scores) - 1 - int(np.argmin(scores))
 
 
 def _progress(iterable, total, desc, disable):

@@ -14,8 +14,8 @@ import pandas as pd
 from PIL import Image
 
 CLASS_NAMES = ("normal", "pneumonia")
-_KERMANY_FOLDERS = ("NORMAL", "PNEUMONIA")  # index = label
-_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+KERMANY_FOLDERS = ("NORMAL", "PNEUMONIA")  # index = label
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def load_kermany(root: str | os.PathLike, split: str = "test") -> pd.DataFrame:
@@ -26,13 +26,13 @@ def load_kermany(root: str | os.PathLike, split: str = "test") -> pd.DataFrame:
     """
     split_dir = Path(root) / split
     rows = []
-    for label, name in enumerate(_KERMANY_FOLDERS):
+    for label, name in enumerate(KERMANY_FOLDERS):
         class_dir = split_dir / name
         if not class_dir.is_dir():
             raise FileNotFoundError(f"expected the Kermany layout ROOT/{split}/{name}/, but {class_dir} is missing")
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise ValueError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in {class_dir}")
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {class_dir}")
         rows += [(str(p), label) for p in files]
     return pd.DataFrame(rows, columns=["image", "label"]).astype({"label": np.int64})
 

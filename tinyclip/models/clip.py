@@ -3,7 +3,8 @@
 For a batch of N pairs, the image and caption embeddings are L2-normalised and
 compared by cosine similarity, scaled by a learned temperature ``exp(logit_scale)``.
 Pair i should win row i (its caption among all captions) and column i (its image
-among all images): the symmetric cross-entropy of OpenAI's CLIP.
+among all images): the symmetric cross-entropy of OpenAI's CLIP. As in OpenCLIP, the
+model only embeds; the objectives live in ``tinyclip.losses``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..backend import to_numpy
+from ..backend import manual_seed, to_numpy
 from ..data.images import normalize
 from ..functional.loss import softmax
 from ..losses import clip_loss
+from ..optim import weight_decay_groups
 from ..tensor import Tensor, no_grad
 from .config import CLIPConfig
 from .image_encoder import ImageEncoder
@@ -46,6 +48,12 @@ class CLIP(nn.Module):
         self.text_encoder = TextEncoder(config)
         self.logit_scale = nn.Parameter([INIT_LOGIT_SCALE])
 
+    @classmethod
+    def initial(cls, config: CLIPConfig, tokenizer=None, seed: int = 0) -> "CLIP":
+        """The untrained model ``tinyclip.train`` starts from: a function of the configuration and seed alone."""
+        manual_seed(seed)
+        return cls(config, tokenizer)
+
     def encode_image(self, images):
         """``(N, 3, S, S)`` normalised images → ``(N, embed_dim)`` unit vectors."""
         return l2_normalize(self.image_encoder(images))
@@ -59,8 +67,23 @@ class CLIP(nn.Module):
         return self.encode_image(images), self.encode_text(ids, padding_mask), self.logit_scale
 
     def forward(self, images, ids, padding_mask):
-        """The contrastive loss of a batch of matching pairs."""
+        """``(image_emb, text_emb, logit_scale)``: feed them to a loss of ``tinyclip.losses``."""
+        return self.encode(images, ids, padding_mask)
+
+    def loss(self, images, ids, padding_mask):
+        """The CLIP loss of a batch of matching pairs (``clip_loss`` of ``forward``)."""
         return clip_loss(*self.encode(images, ids, padding_mask))
+
+    def parameter_groups(self, extra=(), logit_scale_lr_scale: float = 1.0) -> list[dict]:
+        """Optimizer groups: weight decay only on matrices and conv kernels (``extra``: more modules' parameters).
+
+        Biases, norm gains (1-D) and ``logit_scale`` are never decayed (as OpenCLIP); the logit
+        scale gets its own learning-rate factor.
+        """
+        params = [p for p in self.parameters() if p is not self.logit_scale]
+        params += [p for module in extra for p in module.parameters()]
+        return weight_decay_groups(params) + [
+            {"params": [self.logit_scale], "weight_decay": 0.0, "lr_scale": logit_scale_lr_scale}]
 
     def clamp_logit_scale(self) -> None:
         """Keep the temperature at most 100, as CLIP does after every optimizer step."""

@@ -8,6 +8,10 @@ allocates nothing after the first.
 Per-parameter state (momentum, Adam's moments) is kept by the parameter's index in
 the list given to the optimizer, never by ``id()``, so ``state_dict`` /
 ``load_state_dict`` can save it and a run resumes exactly.
+
+Parameter groups, as PyTorch's: ``params`` may be a list of dicts
+``{"params": [...], "weight_decay": 0.0, "lr_scale": 0.1}``; a group's ``weight_decay``
+replaces the optimizer's, and its ``lr_scale`` multiplies the (scheduled) ``lr``.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ class Optimizer:
     """Base class: holds the parameters, the learning rate ``lr`` and per-parameter state.
 
     Subclasses list their hyper-parameters in ``hyper_names`` and implement
-    ``_init_state(data)`` (a dict of arrays) and ``_update(data, grad, state)``.
+    ``_init_state(data)`` (a dict of arrays) and ``_update(data, grad, state, lr, weight_decay)``
+    (lr and weight decay already resolved for the parameter's group).
     ``lr`` is a plain attribute: a schedule sets it before each ``step()``.
     """
 
     hyper_names = ("lr",)
+    weight_decay = 0.0
+    GROUP_KEYS = ("params", "weight_decay", "lr_scale")
 
     def __init__(self, params, lr: float):
-        self.params = list(params)
+        self.params, self.group_options = self._flatten_groups(list(params))
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty list of parameters")
         seen = set()
@@ -43,6 +50,22 @@ class Optimizer:
         self.step_count = 0
         self.state = [{} for _ in self.params]
         self._scratch = {}
+
+    def _flatten_groups(self, params):
+        """(flat parameter list, per-parameter group options) from Tensors or group dicts."""
+        if not params or not isinstance(params[0], dict):
+            return params, [{} for _ in params]
+        flat, options = [], []
+        for group in params:
+            unknown = set(group) - set(self.GROUP_KEYS)
+            if unknown:
+                raise ValueError(f"{type(self).__name__}: unknown parameter-group keys {sorted(unknown)}; "
+                                 f"known: {', '.join(self.GROUP_KEYS)}")
+            extra = {k: float(v) for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                flat.append(p)
+                options.append(extra)
+        return flat, options
 
     # ----- the update loop ----------------------------------------------------
     def zero_grad(self) -> None:
@@ -59,7 +82,9 @@ class Optimizer:
             data = p.data
             if grad.dtype != data.dtype:
                 grad = grad.astype(data.dtype)
-            self._update(data, grad, self._state_of(i, data))
+            options = self.group_options[i]
+            lr = self.lr * options.get("lr_scale", 1.0)
+            self._update(data, grad, self._state_of(i, data), lr, options.get("weight_decay", self.weight_decay))
 
     def _state_of(self, index: int, data) -> dict:
         state = self.state[index]
@@ -84,7 +109,7 @@ class Optimizer:
     def _init_state(self, data) -> dict:
         return {}
 
-    def _update(self, data, grad, state) -> None:
+    def _update(self, data, grad, state, lr: float, weight_decay: float) -> None:
         raise NotImplementedError(f"{type(self).__name__}._update")
 
     # ----- saving and resuming ------------------------------------------------
@@ -159,16 +184,16 @@ class SGD(Optimizer):
             return {"momentum_buffer": backend.get_array_module(data).zeros_like(data)}
         return {}
 
-    def _update(self, data, grad, state) -> None:
+    def _update(self, data, grad, state, lr: float, weight_decay: float) -> None:
         xp = backend.get_array_module(data)
-        if self.weight_decay:
-            grad = _add_l2(xp, data, grad, self.weight_decay, self._buffer(data, 1))
+        if weight_decay:
+            grad = _add_l2(xp, data, grad, weight_decay, self._buffer(data, 1))
         if self.momentum:
             buf = state["momentum_buffer"]
             buf *= self.momentum
             buf += grad
             grad = buf
-        step = xp.multiply(grad, self.lr, out=self._buffer(data, 0))
+        step = xp.multiply(grad, lr, out=self._buffer(data, 0))
         data -= step
 
 
@@ -203,10 +228,10 @@ class Adam(Optimizer):
         xp = backend.get_array_module(data)
         return {"step": 0, "exp_avg": xp.zeros_like(data), "exp_avg_sq": xp.zeros_like(data)}
 
-    def _update(self, data, grad, state) -> None:
+    def _update(self, data, grad, state, lr: float, weight_decay: float) -> None:
         xp = backend.get_array_module(data)
         beta1, beta2 = self.betas
-        lr, wd = self.lr, self.weight_decay
+        wd = weight_decay
         state["step"] += 1
         t = state["step"]
         if wd and self.decoupled:
@@ -239,6 +264,14 @@ class AdamW(Adam):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def weight_decay_groups(params) -> list[dict]:
+    """Two groups: matrices and kernels (decayed), and 1-D parameters, i.e. biases and norm gains (never decayed)."""
+    params = list(params)
+    groups = [{"params": [p for p in params if p.ndim > 1]},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 # ---------------------------------------------------------------------------

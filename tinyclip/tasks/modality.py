@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import manual_seed
 from ..io import read_json
 from . import TaskSkipped, figures, softmax
 
@@ -255,6 +256,29 @@ def methods_for(prompt_sets: dict) -> list:
     return out
 
 
+def _probe(ctx, classes, image_emb, labels) -> dict:
+    """A logistic-regression probe on the frozen image embeddings, fit to the training part's parsed labels.
+
+    The ceiling of zero-shot: if the probe is far better, the image side knows the modality and the
+    text side (the prompts) holds zero-shot back; if not, the image embeddings lack it.
+    """
+    from .heads import fit, linear_head, predict, standardize  # heads import tinyclip.nn: loaded when needed
+
+    parsed, _ = label_captions([str(c) for c in ctx.train_frame["caption"]])
+    rows = np.array([i for i, p in enumerate(parsed) if p in classes], dtype=np.int64)
+    train_labels = np.array([classes.index(parsed[i]) for i in rows], dtype=np.int64)
+    if len(np.unique(train_labels)) < 2:
+        return {"probe_skipped": "fewer than two modalities named in the training part"}
+    train_emb = ctx.model.embed_images(ctx.train_images[rows], ctx.batch_size).astype(np.float64)
+    train_x, eval_x = standardize(train_emb, train_emb, image_emb)
+    manual_seed(ctx.seed)
+    head = linear_head(train_x.shape[1], len(classes))
+    fit(head, train_x, train_labels, "multiclass", seed=ctx.seed, weight_decay=1e-3, balance=True)
+    matrix = confusion_matrix(labels, predict(head, eval_x).argmax(axis=1), len(classes))
+    return {"accuracy_probe": float(np.trace(matrix) / matrix.sum()), "balanced_accuracy_probe":
+            balanced_accuracy(matrix), "probe_train_n": int(len(rows))}
+
+
 def run(ctx) -> dict:
     prompts_file = ctx.options.get("prompts")
     prompt_sets = load_prompts(prompts_file)
@@ -298,6 +322,7 @@ def run(ctx) -> dict:
         per_class[method] = per_class_scores(matrix, classes)
     result["per_class"] = per_class
     result["confusion"] = {m: matrix.tolist() for m, matrix in matrices.items()}
+    result.update(_probe(ctx, classes, image_emb, labels))
 
     figures.confusion_matrices(ctx.out / "modality_confusion.png", matrices, classes,
                                title=f"zero-shot modality on {len(labels)} images "
