@@ -187,11 +187,19 @@ RESNET = {**TINY, "image_tower": "resnet"}
 
 
 def test_image_tower_field_is_validated_and_defaults_to_report():
-    with pytest.raises(ValueError, match="image_tower must be one of 'report', 'resnet', got 'vit'"):
+    with pytest.raises(ValueError, match="image_tower must be one of 'report', 'batchnorm', 'resnet', got 'vit'"):
         CLIPConfig(**{**TINY, "image_tower": "vit"})
     saved = CLIPConfig(**TINY).to_dict()
     del saved["image_tower"]  # a config written before the field existed
     assert CLIPConfig.from_dict(saved).image_tower == "report"
+
+
+def test_batchnorm_tower_is_the_report_tower_with_a_norm_after_each_conv():
+    encoder = ImageEncoder(CLIPConfig(**{**TINY, "image_tower": "batchnorm"}))
+    assert list(encoder.state_dict()) == [
+        "blocks.0.0.weight", "blocks.0.1.weight", "blocks.0.1.bias", "blocks.0.1.running_mean", "blocks.0.1.running_var",
+        "blocks.1.0.weight", "blocks.1.1.weight", "blocks.1.1.bias", "blocks.1.1.running_mean", "blocks.1.1.running_var",
+        "proj.weight", "proj.bias"]
 
 
 def test_report_tower_state_dict_is_its_parameters():
@@ -239,9 +247,10 @@ def test_resnet_state_dict_round_trip_keeps_running_statistics():
     np.testing.assert_array_equal(twin.eval()(images).numpy(), encoder.eval()(images).numpy())
 
 
-def test_resnet_tower_learns():
+@pytest.mark.parametrize("tower", ["resnet", "batchnorm"])
+def test_batch_norm_towers_learn(tower):
     # Gradients reach every parameter, and a few Adam steps lower a regression loss on a tiny batch.
-    config = CLIPConfig(**RESNET)
+    config = CLIPConfig(**{**TINY, "image_tower": tower})
     encoder = ImageEncoder(config)
     images = Tensor(tiny_batch(6, config, seed=2)[0])
     target = Tensor(np.random.default_rng(3).standard_normal((6, 12)).astype(np.float32))

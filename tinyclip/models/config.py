@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-IMAGE_TOWERS = ("report", "resnet")
+IMAGE_TOWERS = ("report", "batchnorm", "resnet")
 
 
 @dataclass
@@ -14,7 +14,8 @@ class CLIPConfig:
 
     The image tower halves the image ``len(conv_channels)`` times, so ``image_size``
     must be divisible by ``2 ** len(conv_channels)``. ``image_tower`` picks its blocks:
-    "report" (conv → ReLU → max-pool) or "resnet" (residual blocks with batch norm, same widths).
+    "report" (conv → ReLU → max-pool), "batchnorm" (conv → BN → ReLU → max-pool) or "resnet"
+    (residual blocks with batch norm), all at the same widths.
     """
 
     image_size: int = 128

@@ -1,7 +1,8 @@
 """The image tower: a CNN of blocks that halve the image, flattened and projected.
 
-Two kinds of block, chosen by ``config.image_tower``: the report's plain conv + ReLU + max-pool,
-or a residual block with batch norm (He et al., 2016) at the same widths.
+Three kinds of block, chosen by ``config.image_tower``: the report's plain conv + ReLU + max-pool,
+the same with a batch norm after the conv, or a residual block with batch norm (He et al., 2016),
+all at the same widths.
 """
 
 from __future__ import annotations
@@ -44,13 +45,23 @@ def report_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-BLOCKS = {"report": report_block, "resnet": ResidualBlock}  # config.image_tower → block(in, out)
+def batchnorm_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """The report's block with a batch norm after the conv (which then needs no bias): conv → BN → ReLU → pool."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False, channels_last=True),
+        nn.BatchNorm2d(out_channels, channels_last=True),
+        nn.ReLU(),
+        nn.MaxPool2d(2, channels_last=True),
+    )
+
+
+BLOCKS = {"report": report_block, "batchnorm": batchnorm_block, "resnet": ResidualBlock}  # config.image_tower → block(in, out)
 
 
 class ImageEncoder(nn.Module):
     """``(N, 3, S, S)`` normalised images → ``(N, embed_dim)`` features (not yet normalised).
 
-    One block per entry of ``conv_channels`` (``report_block`` or ``ResidualBlock``), so
+    One block per entry of ``conv_channels`` (``report_block``, ``batchnorm_block`` or ``ResidualBlock``), so
     channels grow while the image halves; then flatten and a linear projection.
     Inside, the tower works channels-last (N, H, W, C): the im2col matmuls are much
     faster in that layout on the CPU, and one transpose at the input pays for it.
