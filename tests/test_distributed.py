@@ -128,7 +128,8 @@ def test_rank_seeds_keep_rank_0_and_differ_per_rank():
     assert rank_seed(7, 0) == 7
     seeds = [rank_seed(7, r) for r in range(8)]
     assert len(set(seeds)) == 8 and seeds == [rank_seed(7, r) for r in range(8)]
-    assert rank_seed(8, 1) != rank_seed(7, 1)
+    assert rank_seed(8, 1) != rank_seed(7, 1) and rank_seed(7, 1, step=5) != rank_seed(7, 1)
+    assert rank_seed(7, 0, step=5) == 7
     assert all(0 <= s < 2 ** 63 for s in seeds)
 
 

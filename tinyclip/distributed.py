@@ -189,15 +189,17 @@ def shard(batch: np.ndarray, rank: int, size: int) -> np.ndarray:
     return batch[start:start + base + (rank < extra)]
 
 
-def rank_seed(seed: int, rank: int) -> int:
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
     """The seed of rank ``rank``'s own random streams (dropout, augmentation).
 
     Rank 0 keeps ``seed`` itself, so a one-process run draws exactly as without MPI; rank r > 0
-    gets a 63-bit number from ``SeedSequence([seed, r])``: independent streams, reproducible.
+    gets a 63-bit number from ``SeedSequence([seed, r, step])``: independent streams, reproducible.
+    ``step``: the optimizer step a resumed run starts from (only rank 0's streams are checkpointed).
     """
     if rank == 0:
         return int(seed)
-    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    entropy = [int(seed), int(rank), int(step)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _flat(arrays, dtype, xp):
