@@ -48,7 +48,7 @@ def test_parse_options():
     assert fewshot.parse_shots([20, "ALL"]) == (20, "all")
     with pytest.raises(ValueError):
         fewshot.parse_shots("1")
-    assert fewshot.parse_seeds(None, base=3) == [3, 4, 5, 6, 7]
+    assert fewshot.parse_seeds(None, base=3) == list(range(3, 23))  # 20 draws by default
     assert fewshot.parse_seeds("2") == [0, 1]
     assert fewshot.parse_seeds("4,9") == [4, 9]
 
@@ -111,17 +111,109 @@ def test_fit_without_holdout_for_tiny_sets_and_rejects_bad_input():
         heads.fit(heads.linear_head(16, 1), x[:5], y, "binary")
 
 
+def _curve(x, y, test_x, test_y, shots, seeds, seeds_large=5, steps=150):
+    """The protocol on given features: validation part, draws, both heads."""
+    val, pool = fewshot.validation_part(y, 40, seed=0)
+    plan = fewshot.draw_plan(y[pool], shots, seeds, seeds_large, log=lambda s: None)
+    return fewshot.few_shot_curve(x[pool], y[pool], x[val], y[val], test_x, test_y, plan, hidden=(32, 16),
+                                  mlp_settings={"steps": steps}, probe_settings={"steps": steps}, log=lambda s: None)
+
+
 def test_few_shot_curve_on_separable_features():
-    x, y = _separable(600, seed=2)
-    curve = fewshot.few_shot_curve(x[:400], y[:400], x[400:], y[400:], shots=(10, 50, 1000, "all"), seeds=(0, 1),
-                                   hidden=(32, 16), mlp_settings={"steps": 150}, probe_settings={"steps": 150},
-                                   log=lambda s: None)
+    x, y = _separable(640, seed=2)
+    curve = _curve(x[:440], y[:440], x[440:], y[440:], shots=(10, 50, 1000, "all"), seeds=(0, 1), steps=80)
     assert curve["shots"] == ["10", "50", "all"]  # 1000 > 400 is skipped
     for name in ("mlp", "probe"):
-        assert curve[name]["all"]["n"] == 400
+        assert curve[name]["all"]["n"] == 400  # the 440 training rows less the 40 of the validation part
         assert curve[name]["50"]["accuracy_mean"] >= 0.7
-        assert curve[name]["all"]["accuracy_mean"] >= 0.9
-        assert len(curve[name]["10"]["accuracies"]) == 2
+        assert curve[name]["all"]["accuracy_mean"] >= 0.9 and curve[name]["all"]["auc_mean"] >= 0.95
+        assert len(curve[name]["10"]["accuracies"]) == len(curve[name]["10"]["aucs"]) == 2
+        # nearly balanced test classes: balanced accuracy is close to accuracy
+        np.testing.assert_allclose(curve[name]["50"]["balanced_accuracies"], curve[name]["50"]["accuracies"],
+                                   atol=0.02)
+
+
+def test_validation_part_is_fixed_balanced_and_disjoint():
+    y = np.random.default_rng(0).permutation(np.array([0] * 300 + [1] * 900))
+    val, pool = fewshot.validation_part(y, seed=0)
+    assert len(val) == fewshot.DEFAULT_VAL_N and np.bincount(y[val]).tolist() == [100, 100]
+    assert np.intersect1d(val, pool).size == 0 and len(val) + len(pool) == len(y)
+    again, _ = fewshot.validation_part(y, seed=0)
+    np.testing.assert_array_equal(val, again)
+    assert len(fewshot.validation_part(y[:100], seed=0)[0]) == 20  # at most a fifth of a small folder
+    with pytest.raises(ValueError, match="val_n"):
+        fewshot.validation_part(y, 1)
+
+
+def test_draws_depend_only_on_the_seed_n_and_labels():
+    """The plan is built from labels alone: every tower that gets it sees the same images (paired draws)."""
+    y = np.array([0, 1] * 400)
+    plan = fewshot.draw_plan(y, (10, 200, 500, "all"), seeds=range(20), seeds_large=5, log=lambda s: None)
+    again = fewshot.draw_plan(y, (10, 200, 500, "all"), seeds=range(20), seeds_large=5, log=lambda s: None)
+    assert [e["label"] for e in plan] == ["10", "200", "500", "all"]
+    assert [len(e["draws"]) for e in plan] == [20, 20, 5, 5]  # 20 draws up to n = 200, the first 5 above
+    for e, f in zip(plan, again):
+        for (seed, index), (seed2, index2) in zip(e["draws"], f["draws"]):
+            assert seed == seed2 and len(index) == e["n"]
+            np.testing.assert_array_equal(index, index2)
+    draws_10 = {tuple(i) for _, i in plan[0]["draws"]}
+    assert len(draws_10) == 20  # the draws differ from one another
+    with pytest.raises(ValueError, match="shots"):
+        fewshot.draw_plan(y, (1000,), seeds=[0], log=lambda s: None)
+
+
+def test_threshold_and_early_stopping_come_from_the_validation_part():
+    """Test labels are only scored: shuffling them changes no threshold and no trained head."""
+    x, y = _separable(400, seed=3, shift=0.7)
+    test_y = y[300:]
+    a = _curve(x[:300], y[:300], x[300:], test_y, shots=(20,), seeds=(0, 1, 2), steps=60)
+    b = _curve(x[:300], y[:300], x[300:], np.random.default_rng(0).permutation(test_y), shots=(20,),
+               seeds=(0, 1, 2), steps=60)
+    for name in ("mlp", "probe"):
+        assert a[name]["20"]["thresholds"] == b[name]["20"]["thresholds"]
+        assert a[name]["20"]["draws"] == b[name]["20"]["draws"]
+
+
+def test_balanced_threshold_against_every_cut():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        y = rng.permutation(np.r_[np.zeros(7 + trial, int), np.ones(12, int)])
+        scores = np.round(rng.standard_normal(len(y)) + y, 1)  # rounded: ties
+        cut = heads.balanced_threshold(y, scores)
+
+        def balanced(t):
+            predicted = scores > t
+            return (predicted[y == 1].mean() + (~predicted[y == 0]).mean()) / 2
+        assert balanced(cut) == pytest.approx(max(balanced(t) for t in np.r_[scores, scores.min() - 1]))
+    with pytest.raises(ValueError):
+        heads.balanced_threshold([1, 1], [0.2, 0.3])
+
+
+def test_fit_with_a_given_validation_set():
+    x, y = _separable(300, seed=4)
+    head = heads.linear_head(16, 1)
+    summary = heads.fit(head, x[:20], y[:20].astype(np.float32), "binary", steps=100, val=(x[200:], y[200:]),
+                        balance=True)
+    assert summary["n_train"] == 20 and summary["n_val"] == 100 and summary["best_val_loss"] is not None
+    with pytest.raises(ValueError, match="validation"):
+        heads.fit(head, x[:20], y[:20], "binary", val=(x[:3], y[:4]))
+
+
+def test_wilcoxon_p_and_paired_comparison():
+    # all 5 differences positive: the exact two-sided p-value is 2 / 2^5
+    assert fewshot.wilcoxon_p([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
+    assert fewshot.wilcoxon_p([0.0, 0.0, 0.0]) == 1.0 and fewshot.wilcoxon_p([0.3]) is None
+    x, y = _separable(300, seed=5, shift=0.8)
+    curve = _curve(x[:200], y[:200], x[200:], y[200:], shots=(10,), seeds=range(6), steps=40)
+    same = fewshot.paired_comparison(curve, curve)["mlp"]["10"]
+    assert same["draws"] == 6 and same["auc_gain_mean"] == 0.0 and same["auc_gain_p"] == 1.0
+    noise = np.random.default_rng(1).standard_normal((300, 16)).astype(np.float32)
+    worse = _curve(noise[:200], y[:200], noise[200:], y[200:], shots=(10,), seeds=range(6), steps=40)
+    gain = fewshot.paired_comparison(curve, worse)["mlp"]["10"]
+    assert gain["auc_gain_mean"] > 0.1 and gain["auc_gain_p"] == pytest.approx(2 / 64)  # 6 of 6 draws better
+    other = _curve(x[:200], y[:200], x[200:], y[200:], shots=(10,), seeds=range(1, 7), steps=40)
+    with pytest.raises(ValueError, match="same draws"):
+        fewshot.paired_comparison(curve, other)
 
 
 def test_pixel_features():
@@ -144,10 +236,13 @@ def test_run_end_to_end_and_cache(tiny_run, tmp_path, monkeypatch):
     ctx = _context(tiny_run, out, dict(OPTIONS))
     metrics = fewshot.run(ctx, log=lambda s: None)
     json.dumps(metrics)  # JSON-serialisable
-    for key in ("data", "features", "feature_dim", "features_from_cache", "n_train_pool", "n_test",
-                "majority_baseline", "seeds", "shots", "mlp", "probe", "figure", "seconds"):
+    for key in ("data", "features", "feature_dim", "features_from_cache", "n_train_pool", "n_validation", "n_test",
+                "majority_baseline", "protocol", "seeds", "shots", "mlp", "probe", "figure", "seconds",
+                "accuracy_mlp_10", "balanced_accuracy_probe_all", "auc_mlp_40"):
         assert key in metrics
-    assert metrics["data"] == "synthetic" and metrics["feature_dim"] == 32 and metrics["n_train_pool"] == 120
+    assert "compare_init" not in metrics
+    assert metrics["data"] == "synthetic" and metrics["feature_dim"] == 32
+    assert metrics["n_validation"] == 24 and metrics["n_train_pool"] == 96  # a fifth of 120 held out
     assert metrics["shots"] == ["10", "40", "all"] and metrics["seeds"] == [0, 1]
     assert not metrics["features_from_cache"]
     for name in ("mlp", "probe"):
@@ -171,6 +266,41 @@ def test_run_end_to_end_and_cache(tiny_run, tmp_path, monkeypatch):
     assert again["mlp"]["10"]["accuracies"] == metrics["mlp"]["10"]["accuracies"][:1]  # same seed, same numbers
 
 
+def test_compare_with_the_untrained_tower(tiny_run, tmp_path, monkeypatch):
+    """compare_init=1: the untrained model of the run's configuration and seed on the same draws, with p-values."""
+    from tinyclip.evaluate import initial_model
+    monkeypatch.setattr(heads, "_MEMORY", {})  # the trained tower's features from earlier tests: not in tmp_path
+    lines = []
+    options = {**OPTIONS, "shots": "10,all", "seeds": "3", "seeds_large": "2", "head_steps": "30",
+               "compare_init": "1"}
+    ctx = _context(tiny_run, tmp_path, options)
+    metrics = fewshot.run(ctx, log=lines.append)
+    json.dumps(metrics)
+    compared = metrics["compare_init"]
+    assert compared["seed"] == ctx.state["args"]["seed"]
+    for name in ("mlp", "probe"):
+        for label, draws in (("10", 3), ("all", 2)):
+            mine, untrained, row = metrics[name][label], compared["untrained"][name][label], compared[name][label]
+            assert mine["draws"] == untrained["draws"] and mine["seeds"] == untrained["seeds"]  # paired
+            assert row["draws"] == draws and 0.0 <= row["auc_gain_p"] <= 1.0
+            expected = np.mean(np.asarray(mine["aucs"]) - np.asarray(untrained["aucs"]))
+            assert row["auc_gain_mean"] == pytest.approx(expected)
+            assert row["auc_reference"] == pytest.approx(untrained["auc_mean"])
+    for key in ("auc_gain_mlp_10", "auc_gain_p_mlp_10", "accuracy_gain_mlp_all", "accuracy_gain_p_mlp_all"):
+        assert key in metrics
+    assert len(list(tmp_path.glob("fewshot-features-*.npz"))) == 2  # both towers' features cached
+    table = lines[-1]
+    assert "ΔAUC" in table and "AUC untrained" in table and len(table.splitlines()) == 2 + 2 * 2  # title, header
+    # the untrained tower is the run's: its features are those of initial_model(state)
+    untrained = initial_model(ctx.state)
+    assert heads.model_fingerprint(untrained) != heads.model_fingerprint(ctx.model)
+    with pytest.raises(ValueError, match="untrained one"):
+        ctx.model = untrained
+        fewshot.run(ctx, log=lambda s: None)
+    with pytest.raises(ValueError, match="features=clip"):
+        fewshot.run(_context(tiny_run, tmp_path, {**options, "features": "pixels"}), log=lambda s: None)
+
+
 def test_run_with_pixel_features_beats_chance(tiny_run, tmp_path):
     """Synthetic pneumonia is visible in the pixels: the whole pipeline gets well above chance."""
     options = {**OPTIONS, "features": "pixels", "shots": "all", "seeds": "1", "synthetic_n": "200",
@@ -192,7 +322,8 @@ def test_run_on_pneumoniamnist_layout(tiny_run, tmp_path):
     np.savez(path, **arrays)
     options = {**OPTIONS, "pneumonia_npz": str(path), "shots": "10,all", "features": "pixels"}
     metrics = fewshot.run(_context(tiny_run, tmp_path / "eval", options), log=lambda s: None)
-    assert metrics["data"] == "pneumoniamnist" and metrics["n_train_pool"] == 40 and metrics["n_test"] == 20
+    assert metrics["data"] == "pneumoniamnist" and metrics["n_test"] == 20
+    assert metrics["n_train_pool"] + metrics["n_validation"] == 40
     assert metrics["probe"]["all"]["accuracy_mean"] >= 0.9
 
 

@@ -3,11 +3,13 @@
     python -m tinyclip.evaluate --run runs/demo --task retrieval
     python -m tinyclip.evaluate --run runs/demo --task all --chest-dir ../shared/data/chest_xray
 
-Steps: load the run's ``best`` (or ``last``) checkpoint; rebuild the evaluation
+Steps: load the run's ``best`` (or ``last``) checkpoint, or with ``--checkpoint init``
+the untrained model the run started from (``initial_model``: the random-tower
+baseline of the same configuration and seed); rebuild the evaluation
 pairs; run each task's ``run(ctx) -> dict`` (``tinyclip.tasks``); merge the
 results into ``OUT/metrics.json`` (one key per task, so tasks run one at a time
 accumulate) and print a short table. Figures go to ``OUT`` (default
-``RUN_DIR/eval``).
+``RUN_DIR/eval``; ``RUN_DIR/eval-init`` for ``--checkpoint init``).
 
 Which pairs (``--split``):
 
@@ -68,7 +70,10 @@ OPTIONS = {
     "synthetic_n": (lambda v: _int(v, 2), "an integer >= 2"), "cui_init": ({"clip", "scratch"}, "clip or scratch"),
     "cui_epochs": (_int, "a positive integer"), "cui_lr": (_number, "a finite number > 0"),
     "cui_balance": ({"0", "1", "true", "false", "yes", "no", "on", "off"}, "0 or 1"),
+    "seeds_large": (_int, "a positive integer"), "val_n": (lambda v: _int(v, 2), "an integer >= 2"),
+    "compare_init": ({"0", "1", "true", "false", "yes", "no", "on", "off"}, "0 or 1"),
 }
+CHECKPOINTS = ("best", "last", "init")
 
 
 def _valid_option(key: str, value: str) -> bool:
@@ -107,14 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
                f"  {PROG} --run runs/roco --task modality --prompts my_prompts.json\n"
                f"  {PROG} --run runs/roco --task pneumonia-zeroshot --chest-dir ../shared/data/chest_xray\n"
                f"  {PROG} --run runs/demo --task fewshot --shots 10,50,all --seeds 3\n"
+               f"  {PROG} --run runs/demo --task fewshot --option compare_init=1\n"
+               f"  {PROG} --run runs/demo --task all --checkpoint init\n"
                f"  {PROG} --run runs/roco --task modality --split all --data-dir OTHER_ROCO_FOLDER",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by tinyclip.train")
     p.add_argument("--task", required=True, metavar="TASK",
                    help=f"one of {', '.join(TASKS)}, or all; several: comma-separated")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which checkpoint of the run (default: best, the lowest validation loss)")
-    p.add_argument("--out", metavar="DIR", help="where metrics.json and figures go (default: RUN_DIR/eval)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
+                   help="which checkpoint of the run (default: best, the lowest validation loss); init: the "
+                        "untrained model of the run's configuration and seed, what training started from")
+    p.add_argument("--out", metavar="DIR", help="where metrics.json and figures go (default: RUN_DIR/eval, "
+                   "with --checkpoint init RUN_DIR/eval-init)")
     d = p.add_argument_group("evaluation pairs")
     d.add_argument("--split", choices=("test", "all"), default="test",
                    help="test: the test part of the run's own split (default); all: every pair of --data/--data-dir")
@@ -141,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(train/, test/ with NORMAL/ and PNEUMONIA/)")
     t.add_argument("--pneumonia-npz", metavar="FILE", help="pneumonia-zeroshot, fewshot: pneumoniamnist.npz")
     t.add_argument("--shots", help="fewshot: labelled images per run, e.g. 10,20,50,all")
-    t.add_argument("--seeds", help="fewshot: number of seeds (e.g. 5) or a list (e.g. 0,1,2)")
+    t.add_argument("--seeds", help="fewshot: draws per n up to 200, a count (default 20) or a list of seeds "
+                   "(e.g. 0,1,2); larger n use the first --option seeds_large=K (default 5)")
     t.add_argument("--top-k", type=positive_int, help="cui: number of concept classes")
     t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help=f"any other task option (repeatable), e.g. --option head_steps=100; one of: "
@@ -194,6 +204,26 @@ def task_options(args) -> dict:
         if options.get(key) and not Path(options[key]).exists():
             raise FileNotFoundError(f"--{key.replace('_', '-')}: {options[key]} does not exist")
     return {k: v for k, v in options.items() if v is not None}
+
+
+# ---------------------------------------------------------------------------
+# the untrained model of a run
+# ---------------------------------------------------------------------------
+
+def initial_model(state: dict):
+    """The untrained CLIP a run started from: ``CLIP.initial`` of its configuration, tokenizer and seed.
+
+    ``state``: a checkpoint's state (its ``config``, ``tokenizer`` and ``args["seed"]``;
+    the weights are not used). ``tinyclip.train`` builds its model the same way, so on
+    the device the run trained on these are its weights before the first step (the
+    initialisers draw from that device's generator). Eval mode.
+    """
+    from .models import CLIP, CLIPConfig
+    from .text import Tokenizer
+    config, tokenizer = CLIPConfig.from_dict(state["config"]), Tokenizer.from_dict(state["tokenizer"])
+    model = CLIP.initial(config, tokenizer, int((state.get("args") or {}).get("seed", 0)))
+    model.eval()
+    return model
 
 
 # ---------------------------------------------------------------------------
@@ -328,18 +358,27 @@ def evaluate(args, log=print) -> tuple[dict, list]:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    if not (run_dir / f"{args.checkpoint}.npz").is_file():
+    # init: the configuration, tokenizer, split and seed come from a checkpoint the run has, its weights not at all
+    saved = next((n for n in (["best", "last"] if args.checkpoint == "init" else [args.checkpoint])
+                  if (run_dir / f"{n}.npz").is_file()), None)
+    if saved is None:
         raise FileNotFoundError(f"no '{args.checkpoint}' checkpoint in {run_dir} (expected "
-                                f"{args.checkpoint}.npz from tinyclip.train)")
+                                f"{'best.npz or last.npz' if args.checkpoint == 'init' else args.checkpoint + '.npz'}"
+                                f" from tinyclip.train)")
     options = task_options(args)
     backend.set_default_device(args.device)
-    model, state = CLIP.from_checkpoint(run_dir, args.checkpoint)
+    model, state = CLIP.from_checkpoint(run_dir, saved)
+    if args.checkpoint == "init":
+        model, state = initial_model(state), {**state, "epoch": 0}
     need_train = any(t in NEEDS_TRAIN for t in tasks)
     frame, images, train_frame, train_images, description = evaluation_data(
         args, state, need_train, progress=not args.no_progress)
-    out = Path(args.out) if args.out else run_dir / "eval"
+    # the untrained model's results go apart, so that they never replace the trained model's in metrics.json
+    out = Path(args.out) if args.out else run_dir / ("eval-init" if args.checkpoint == "init" else "eval")
     out.mkdir(parents=True, exist_ok=True)
-    log(f"{PROG}: {run_dir} ({args.checkpoint} checkpoint, epoch {state.get('epoch')}); {description}; "
+    which = (f"untrained model, seed {(state.get('args') or {}).get('seed', 0)}" if args.checkpoint == "init"
+             else f"{args.checkpoint} checkpoint, epoch {state.get('epoch')}")
+    log(f"{PROG}: {run_dir} ({which}); {description}; "
         f"tasks: {', '.join(tasks)}; output in {out}")
     ctx = EvalContext(model=model, state=state, frame=frame, images=images, train_frame=train_frame,
                       train_images=train_images, out=out, options=options, seed=args.seed)

@@ -6,29 +6,44 @@ report's classifier is trained with only n labelled training images:
 
     features (D) → Linear(D, 128) → ReLU → Linear(128, 64) → ReLU → Linear(64, 1) → sigmoid
 
-with binary cross-entropy and Adam, for n in {10, 20, 50, 100, 200, 500, 1000, all},
-each n over several seeds (a new sample of n images and a new initialisation per
-seed), always scored on the whole test set. A plain logistic-regression probe
-(``Linear(D, 1)`` + sigmoid) on the same features is the baseline that tells whether
-the hidden layers help. Result: mean ± std accuracy (and ROC AUC) per n, and the
-accuracy-vs-n curve (report Fig. 5).
+with binary cross-entropy and Adam, for n in {10, 20, 50, 100, 200, 500, 1000, all}.
+A plain logistic-regression probe (``Linear(D, 1)`` + sigmoid) on the same features
+is the baseline that tells whether the hidden layers help.
+
+The protocol is built to rank towers, not only to draw a curve:
+
+* A fixed validation part (``val_n`` images, default 200, half of each class) is held
+  out of the *training* folder once; the test folder is only ever scored. Every head
+  stops early on the validation loss, and its decision threshold is the cut of its
+  validation logits with the best balanced accuracy (``heads.balanced_threshold``).
+* Draws: n images of the rest of the training folder (the pool), balanced over the
+  classes (``sample_shots``), 20 draws (``seeds``) for n ≤ 200 and 5 (``seeds_large``)
+  above: large draws overlap so much that their spread is small, and each head costs
+  more. Draw ``s`` at n depends only on the seed, n and the labels, never on the tower,
+  so two towers see the very same images and head initialisations (paired draws).
+* Per n: accuracy, balanced accuracy (mean recall of the two classes; Kermany's test
+  set is 62.5% pneumonia) and ROC AUC, each mean ± sample std over the draws.
+* ``compare_init=1``: the same draws also on the untrained model of the run's
+  configuration and seed (what ``tinyclip.train`` starts from), and per n the mean
+  difference trained − untrained of AUC, accuracy and balanced accuracy with the
+  two-sided Wilcoxon signed-rank p-value over the draws (with 5 draws no p-value can
+  be below 0.0625: claims need the 20 draws of small n).
 
 Data, first that is given in ``ctx.options``: ``chest_dir`` (the Kermany folder,
 train/ and test/), ``pneumonia_npz`` (PneumoniaMNIST: its train and test splits,
 grey → RGB at the model's image size), else, for a model trained on synthetic
 pairs, synthetic chest X-rays (1000 train, and the 400 test images of the
 pneumonia zero-shot task); for a real run without chest X-rays the task is skipped.
-
-Samples are balanced: n/2 normal and n/2 pneumonia images (the rest from the other
-class when one runs out), so even n = 10 sees both classes; in the loss, rows are
-weighted so that both classes count equally (this matters only for "all", whose
-classes are unbalanced). Features are standardised with the mean and std of the
-whole unlabelled training pool.
+In the loss, rows are weighted so that both classes count equally (this matters
+only for "all", whose classes are unbalanced). Features are standardised with the
+mean and std of the whole unlabelled training folder.
 
 Options read: ``chest_dir``, ``pneumonia_npz``, ``shots`` (list or "10,20,all"),
-``seeds`` (how many, default 5), ``features`` ("clip" or "pixels": downsampled
-raw pixels, a baseline that needs no model), ``head_hidden`` ("128,64"),
-``head_lr``, ``head_steps``, ``synthetic_n`` (synthetic train pool, default 1000),
+``seeds`` (draws at n ≤ 200: a count, default 20, or a list of seeds),
+``seeds_large`` (draws above: the first K seeds, default 5), ``val_n`` (validation
+part), ``compare_init`` (0/1), ``features`` ("clip" or "pixels": downsampled raw
+pixels, a baseline that needs no model), ``head_hidden`` ("128,64"), ``head_lr``,
+``head_steps``, ``synthetic_n`` (synthetic train folder, default 1000),
 ``cache_dir`` (decoded Kermany images), ``batch_size`` (images embedded at once).
 """
 
@@ -47,11 +62,16 @@ from ..data.images import default_cache_dir, load_images
 from ..data.synthetic import make_synthetic_chest_xray
 from . import TaskSkipped
 from .common import EvalContext
-from .heads import (accuracy, cached_arrays, cache_key, fit, linear_head, mlp_head, model_fingerprint, predict,
-                    roc_auc, standardize)
+from .heads import (accuracy, balanced_threshold, cached_arrays, cache_key, fit, linear_head, mlp_head,
+                    model_fingerprint, predict, roc_auc, standardize)
+from .pneumonia import binary_scores
 
 DEFAULT_SHOTS = (10, 20, 50, 100, 200, 500, 1000, "all")
-DEFAULT_SEEDS = 5
+DEFAULT_SEEDS = 20        # draws at n <= SMALL_N, where draws differ most
+DEFAULT_SEEDS_LARGE = 5   # draws above, the first of the same seeds
+SMALL_N = 200
+DEFAULT_VAL_N = 200       # the fixed validation part of the training folder (at most a fifth of it)
+VALIDATION_SEED = 10_000  # its sample's seed offset: apart from every draw's seed
 DEFAULT_HIDDEN = (128, 64)
 SYNTHETIC_TEST = 400  # the test set of the pneumonia zero-shot task too (same size, same seed offset)
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_TEST_SEED = 1000, 2000
@@ -241,88 +261,221 @@ def sample_shots(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     return np.sort(np.concatenate([p[:k] for p, k in zip(pools, take)]))
 
 
-def _summary(values) -> dict:
-    values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)) if len(values) > 1 else 0.0}
+def validation_part(labels: np.ndarray, size: int | None = None, seed: int = 0):
+    """``(val_idx, pool_idx)``: a fixed, class-balanced validation sample of the training folder and the rest.
 
-
-def few_shot_curve(train_x, train_y, test_x, test_y, shots=DEFAULT_SHOTS, seeds=(0, 1, 2, 3, 4),
-                   hidden=DEFAULT_HIDDEN, mlp_settings=None, probe_settings=None, log=print) -> dict:
-    """Train both heads for every n in ``shots`` and seed in ``seeds``; score each on the test set.
-
-    Returns ``{"mlp": {label: stats}, "probe": {label: stats}, "shots": [...]}`` where
-    ``label`` is ``str(n)`` or ``"all"`` and ``stats`` holds ``n``, ``accuracy_mean``,
-    ``accuracy_std``, ``accuracies`` (one per seed), ``auc_mean``, ``auc_std``, ``seconds``.
-    n larger than the training pool is skipped.
+    ``size`` default: ``min(DEFAULT_VAL_N, N // 5)``. The sample depends only on the
+    labels, ``size`` and ``seed`` (offset by ``VALIDATION_SEED``), so it is the same
+    for every tower and disjoint from every draw (draws come from the pool).
     """
-    mlp_settings = {**MLP_SETTINGS, **(mlp_settings or {})}
-    probe_settings = {**PROBE_SETTINGS, **(probe_settings or {})}
-    pool = len(train_y)
-    heads = {
-        "mlp": (lambda d: mlp_head(d, 1, hidden), mlp_settings),
-        "probe": (lambda d: linear_head(d, 1), probe_settings),
-    }
-    results = {name: {} for name in heads}
-    used = []
+    labels = np.asarray(labels)
+    size = min(DEFAULT_VAL_N, len(labels) // 5) if size is None else int(size)
+    if not 2 <= size <= len(labels) - 2:
+        raise ValueError(f"option val_n: need 2 to {len(labels) - 2} validation images of the {len(labels)} "
+                         f"training images, got {size}")
+    val = sample_shots(labels, size, np.random.default_rng(seed + VALIDATION_SEED))
+    if len(np.unique(labels[val])) < 2:
+        raise ValueError("fewshot: the validation part needs both classes")
+    return val, np.setdiff1d(np.arange(len(labels)), val)
+
+
+def draw_plan(pool_labels: np.ndarray, shots=DEFAULT_SHOTS, seeds=tuple(range(DEFAULT_SEEDS)),
+              seeds_large: int = DEFAULT_SEEDS_LARGE, log=print) -> list:
+    """The draws of the protocol: ``[{"label", "n", "draws": [(seed, pool indices), ...]}, ...]``.
+
+    ``label`` is ``str(n)`` or ``"all"``; n ≤ ``SMALL_N`` gets every seed, larger n
+    and "all" the first ``seeds_large``. The indices come from ``sample_shots`` with
+    ``default_rng(seed)``: a function of the labels, n and the seed alone. n larger
+    than the pool is skipped.
+    """
+    pool = len(pool_labels)
+    plan = []
     for n in shots:
         if n == "all":
             n_real, label = pool, "all"
         elif n > pool:
-            log(f"fewshot: skipping n={n}: only {pool} training images")
+            log(f"fewshot: skipping n={n}: only {pool} training images outside the validation part")
             continue
         else:
             n_real, label = int(n), str(n)
-        used.append(label)
+        use = list(seeds) if n != "all" and n_real <= SMALL_N else list(seeds)[:max(1, seeds_large)]
+        plan.append({"label": label, "n": n_real,
+                     "draws": [(s, sample_shots(pool_labels, n_real, np.random.default_rng(s))) for s in use]})
+    if not plan:
+        raise ValueError(f"option shots: every n of {list(shots)} is larger than the {pool} training images "
+                         f"outside the validation part; give smaller values or 'all'")
+    return plan
+
+
+def _summary(values) -> dict:
+    """Mean and sample standard deviation (0 for a single value), NaNs ignored."""
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(np.nanmean(values)),
+            "std": float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else 0.0}
+
+
+def few_shot_curve(pool_x, pool_y, val_x, val_y, test_x, test_y, plan, hidden=DEFAULT_HIDDEN, mlp_settings=None,
+                   probe_settings=None, log=print, tower: str = "") -> dict:
+    """Both heads on every draw of ``plan`` (``draw_plan`` of ``pool_y``), scored on the test set.
+
+    Each head is trained on the draw's pool rows with early stopping on ``(val_x,
+    val_y)``; test predictions are ``logit > t``, ``t`` the validation cut with the
+    best balanced accuracy. Returns ``{"mlp": {label: stats}, "probe": {...},
+    "shots": [labels]}``; ``stats``: ``n``, ``seeds``, ``draws`` (a digest of the
+    drawn indices: equal for paired towers), and for each of ``accuracy``,
+    ``balanced_accuracy``, ``auc``: ``{metric}_mean``, ``{metric}_std`` and the
+    per-draw list (``accuracies``, ``balanced_accuracies``, ``aucs``); ``thresholds``, ``seconds``.
+    """
+    mlp_settings = {**MLP_SETTINGS, **(mlp_settings or {})}
+    probe_settings = {**PROBE_SETTINGS, **(probe_settings or {})}
+    heads = {
+        "mlp": (lambda d: mlp_head(d, 1, hidden), mlp_settings),
+        "probe": (lambda d: linear_head(d, 1), probe_settings),
+    }
+    val = (val_x, np.asarray(val_y).astype(np.float32))
+    results = {name: {} for name in heads}
+    for entry in plan:
+        label = entry["label"]
         for name, (build, settings) in heads.items():
             t0 = time.perf_counter()
-            accs, aucs = [], []
-            for seed in seeds:
-                index = sample_shots(train_y, n_real, np.random.default_rng(seed))
-                manual_seed(seed)
-                head = build(train_x.shape[1])
-                fit(head, train_x[index], train_y[index].astype(np.float32), "binary", seed=seed, **settings)
+            scores = {"accuracies": [], "balanced_accuracies": [], "aucs": [], "thresholds": []}
+            for seed, index in entry["draws"]:
+                manual_seed(seed)  # the same initialisation for every tower: paired draws
+                head = build(pool_x.shape[1])
+                fit(head, pool_x[index], pool_y[index].astype(np.float32), "binary", seed=seed, val=val, **settings)
+                cut = balanced_threshold(val_y, predict(head, val_x)[:, 0])
                 logits = predict(head, test_x)[:, 0]
-                accs.append(accuracy(test_y, (logits > 0).astype(test_y.dtype)))
-                aucs.append(roc_auc(test_y, logits))
-            acc, auc = _summary(accs), _summary(aucs)
-            results[name][label] = {"n": n_real, "accuracy_mean": acc["mean"], "accuracy_std": acc["std"],
-                                    "accuracies": accs, "auc_mean": auc["mean"], "auc_std": auc["std"],
-                                    "seconds": round(time.perf_counter() - t0, 2)}
-            log(f"fewshot: n={label:>5} {name:5}: accuracy {acc['mean']:.3f} ± {acc['std']:.3f}  "
-                f"AUC {auc['mean']:.3f}  ({len(seeds)} seeds, {time.perf_counter() - t0:.1f}s)")
-    if not used:
-        raise ValueError(f"option shots: every n of {list(shots)} is larger than the {pool} training images; "
-                         f"give smaller values or 'all'")
-    return {**results, "shots": used}
+                predicted = (logits > cut).astype(test_y.dtype)
+                scores["accuracies"].append(accuracy(test_y, predicted))
+                scores["balanced_accuracies"].append(binary_scores(test_y, predicted)["balanced_accuracy"])
+                scores["aucs"].append(roc_auc(test_y, logits))
+                scores["thresholds"].append(cut)
+            stats = {"n": entry["n"], "seeds": [s for s, _ in entry["draws"]],
+                     "draws": cache_key([i.tolist() for _, i in entry["draws"]])}
+            for metric, values in (("accuracy", "accuracies"), ("balanced_accuracy", "balanced_accuracies"),
+                                   ("auc", "aucs")):
+                summary = _summary(scores[values])
+                stats.update({f"{metric}_mean": summary["mean"], f"{metric}_std": summary["std"]})
+            stats.update(scores, seconds=round(time.perf_counter() - t0, 2))
+            results[name][label] = stats
+            log(f"fewshot: {tower}n={label:>5} {name:5}: accuracy {stats['accuracy_mean']:.3f} ± "
+                f"{stats['accuracy_std']:.3f}  balanced {stats['balanced_accuracy_mean']:.3f}  AUC "
+                f"{stats['auc_mean']:.3f} ± {stats['auc_std']:.3f}  ({len(entry['draws'])} draws, "
+                f"{stats['seconds']:.1f}s)")
+    return {**results, "shots": [entry["label"] for entry in plan]}
+
+
+# ---------------------------------------------------------------------------
+# the paired comparison with the untrained tower
+# ---------------------------------------------------------------------------
+
+COMPARED = (("auc", "aucs"), ("accuracy", "accuracies"), ("balanced_accuracy", "balanced_accuracies"))
+
+
+def wilcoxon_p(differences) -> float | None:
+    """Two-sided Wilcoxon signed-rank p-value of paired ``differences`` (zeros dropped).
+
+    1.0 when every difference is zero (no evidence either way); None for fewer than
+    two draws.
+    """
+    from scipy.stats import wilcoxon
+    d = np.asarray(differences, dtype=np.float64)
+    if len(d) < 2:
+        return None
+    if not np.any(d != 0):
+        return 1.0
+    with warnings.catch_warnings():  # scipy warns about small samples and ties; the p-value stands
+        warnings.simplefilter("ignore")
+        return float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+
+
+def paired_comparison(curve: dict, reference: dict) -> dict:
+    """Per head and n: ``curve`` − ``reference`` draw by draw (the draws must be the same).
+
+    ``{head: {label: {"draws", "{metric}_reference", "{metric}_gain_mean", "{metric}_gain_std",
+    "{metric}_gain_p"}}}`` for the metrics AUC, accuracy and balanced accuracy; the
+    p-value is ``wilcoxon_p`` of the per-draw differences.
+    """
+    out = {}
+    for name in ("mlp", "probe"):
+        out[name] = {}
+        for label in curve["shots"]:
+            a, b = curve[name][label], reference[name][label]
+            if a["draws"] != b["draws"] or a["seeds"] != b["seeds"]:
+                raise ValueError(f"fewshot: the towers were not evaluated on the same draws at n={label}")
+            row = {"n": a["n"], "draws": len(a["seeds"])}
+            for metric, values in COMPARED:
+                d = np.asarray(a[values]) - np.asarray(b[values])
+                summary = _summary(d)
+                row.update({f"{metric}_reference": b[f"{metric}_mean"], f"{metric}_gain_mean": summary["mean"],
+                            f"{metric}_gain_std": summary["std"], f"{metric}_gain_p": wilcoxon_p(d)})
+            out[name][label] = row
+    return out
+
+
+def format_curve(curve: dict, comparison: dict | None = None) -> str:
+    """The printed table: one row per head and n, mean ± std over the draws (and the gains over the untrained tower)."""
+    head = f"{'head':5}  {'n':>5}  {'draws':>5}  {'accuracy':>13}  {'balanced acc.':>13}  {'ROC AUC':>13}"
+    if comparison:
+        head += f"  {'AUC untrained':>13}  {'ΔAUC':>7}  {'p':>6}  {'Δacc.':>7}  {'p':>6}"
+    lines = [head]
+    for name in ("mlp", "probe"):
+        for label in curve["shots"]:
+            s = curve[name][label]
+            line = (f"{name:5}  {label:>5}  {len(s['seeds']):>5}  "
+                    + "  ".join(f"{s[m + '_mean']:.3f} ± {s[m + '_std']:.3f}"
+                                for m in ("accuracy", "balanced_accuracy", "auc")))
+            if comparison:
+                c = comparison[name][label]
+                p = [("  n/a" if c[k] is None else f"{c[k]:.4f}") for k in ("auc_gain_p", "accuracy_gain_p")]
+                line += (f"  {c['auc_reference']:>13.3f}  {c['auc_gain_mean']:>+7.3f}  {p[0]:>6}  "
+                         f"{c['accuracy_gain_mean']:>+7.3f}  {p[1]:>6}")
+            lines.append(line)
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------
 # figure
 # ---------------------------------------------------------------------------
 
-def plot_curve(path, results: dict, baseline: float | None = None, title: str = "") -> Path:
-    """Accuracy vs number of labelled images (log x axis), mean ± std over seeds, both heads."""
+def plot_curve(path, curve: dict, baseline: float | None = None, title: str = "", reference: dict | None = None
+               ) -> Path:
+    """Test accuracy and ROC AUC vs labelled images n (log x), mean ± std over the draws, both heads;
+    ``reference`` (the untrained tower's curve) in grey."""
     from .figures import new_figure, save
-    fig = new_figure(5.2, 3.6)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, style, label in (("mlp", "o-", "MLP head (2 hidden layers)"), ("probe", "s--", "logistic probe")):
-        rows = [results[name][k] for k in results["shots"]]
-        ax.errorbar([r["n"] for r in rows], [r["accuracy_mean"] for r in rows],
-                    yerr=[r["accuracy_std"] for r in rows], fmt=style, capsize=3, label=label)
-    if baseline is not None:
-        ax.axhline(baseline, color="grey", linestyle=":", label=f"majority class ({baseline:.3f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training images n")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title or "few-shot pneumonia detection on frozen CLIP image features", fontsize=9)
+    fig = new_figure(9.6, 3.6)
+    axes = fig.subplots(1, 2)
+    towers = [(curve, "", None)] + ([(reference, " (untrained tower)", "grey")] if reference else [])
+    for ax, metric, ylabel in zip(axes, ("accuracy", "auc"), ("test accuracy", "test ROC AUC")):
+        for data, suffix, color in towers:
+            for name, style, label in (("mlp", "o-", "MLP head"), ("probe", "s--", "logistic probe")):
+                rows = [data[name][k] for k in data["shots"]]
+                ax.errorbar([r["n"] for r in rows], [r[f"{metric}_mean"] for r in rows],
+                            yerr=[r[f"{metric}_std"] for r in rows], fmt=style, capsize=3, color=color,
+                            alpha=0.6 if color else 1.0, label=label + suffix)
+        chance = baseline if metric == "accuracy" else 0.5
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle=":",
+                       label=f"majority class ({chance:.3f})" if metric == "accuracy" else "chance (0.5)")
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training images n")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "few-shot pneumonia detection on frozen CLIP image features", fontsize=9)
     return save(fig, path)
 
 
 # ---------------------------------------------------------------------------
 # the task
 # ---------------------------------------------------------------------------
+
+def _flag(value) -> bool:
+    text = str(value if value is not None else "0").strip().lower()
+    if text not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"option compare_init: expected 0 or 1, got {value!r}")
+    return text in ("1", "true", "yes", "on")
+
 
 def run(ctx: EvalContext, log=print) -> dict:
     """Few-shot curve on chest X-rays for the frozen image tower of ``ctx.model``; see the module doc."""
@@ -332,47 +485,85 @@ def run(ctx: EvalContext, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     shots = parse_shots(options.get("shots"))
     seeds = parse_seeds(options.get("seeds"), ctx.seed)
+    seeds_large = int(options.get("seeds_large") or DEFAULT_SEEDS_LARGE)
     hidden = _int_list(options["head_hidden"], "head_hidden") if options.get("head_hidden") else DEFAULT_HIDDEN
     overrides = {k: cast(options[o]) for k, o, cast in (("lr", "head_lr", float), ("steps", "head_steps", int))
                  if options.get(o) is not None}
     kind = options.get("features", "clip")
+    compare = _flag(options.get("compare_init"))
+    untrained = None
+    if compare:
+        if kind != "clip":
+            raise ValueError("option compare_init compares image towers: it needs features=clip")
+        from ..evaluate import initial_model
+        untrained = initial_model(ctx.state)
+        if model_fingerprint(untrained) == model_fingerprint(ctx.model):
+            raise ValueError("option compare_init: the evaluated model is the untrained one (--checkpoint init)")
 
     run_data = (ctx.state or {}).get("args", {}).get("data", "synthetic")
     source = chest_xray_source(options, ctx.model.config.image_size, ctx.seed, run_data)
-    arrays, from_cache = extract_features(ctx.model, source, out, kind, int(options.get("batch_size") or 128), log=log)
+    batch_size = int(options.get("batch_size") or 128)
+    arrays, from_cache = extract_features(ctx.model, source, out, kind, batch_size, log=log)
     if from_cache:
         log("fewshot: features loaded from the cache")
     train_y, test_y = arrays["train_y"].astype(np.int64), arrays["test_y"].astype(np.int64)
     if len(np.unique(train_y)) < 2 or len(test_y) == 0:
         raise ValueError("fewshot: the training images need both classes and the test set must not be empty")
-    train_x, test_x = standardize(arrays["train_x"], arrays["train_x"], arrays["test_x"])
+    val_idx, pool_idx = validation_part(train_y, int(options["val_n"]) if options.get("val_n") else None, ctx.seed)
+    plan = draw_plan(train_y[pool_idx], shots, seeds, seeds_large, log)
 
-    curve = few_shot_curve(train_x, train_y, test_x, test_y, shots, seeds, hidden,
-                           mlp_settings=overrides, probe_settings=overrides, log=log)
+    def curve_of(features, tower=""):
+        train_x, test_x = standardize(features["train_x"], features["train_x"], features["test_x"])
+        return few_shot_curve(train_x[pool_idx], train_y[pool_idx], train_x[val_idx], train_y[val_idx], test_x,
+                              test_y, plan, hidden, mlp_settings=overrides, probe_settings=overrides, log=log,
+                              tower=tower)
+
+    curve = curve_of(arrays)
+    reference = comparison = None
+    if compare:
+        init_arrays, _ = extract_features(untrained, source, out, "clip", batch_size, log=log)
+        reference = curve_of(init_arrays, tower="untrained ")
+        comparison = paired_comparison(curve, reference)
+    log("fewshot: mean ± std over the draws" + ("; Δ = this tower − the untrained one, p: Wilcoxon signed-rank"
+                                                 if compare else "") + "\n" + format_curve(curve, comparison))
+
     majority = float(max(test_y.mean(), 1 - test_y.mean()))
-    figure = plot_curve(out / FIGURE, curve, baseline=majority,
-                        title=f"few-shot pneumonia ({source['name']}, {len(seeds)} seeds)")
+    figure = plot_curve(out / FIGURE, curve, baseline=majority, reference=reference,
+                        title=f"few-shot pneumonia ({source['name']}, {len(seeds)} draws at n ≤ {SMALL_N})")
     metrics = {
         "task": "fewshot",
         "data": source["name"],
-        "features": (f"frozen CLIP image embedding ({train_x.shape[1]}-d, unit norm, standardised)"
-                     if kind == "clip" else f"raw pixels ({train_x.shape[1]}-d, standardised)"),
-        "feature_dim": int(train_x.shape[1]),
+        "features": (f"frozen CLIP image embedding ({arrays['train_x'].shape[1]}-d, unit norm, standardised)"
+                     if kind == "clip" else f"raw pixels ({arrays['train_x'].shape[1]}-d, standardised)"),
+        "feature_dim": int(arrays["train_x"].shape[1]),
         "features_from_cache": bool(from_cache),
-        "n_train_pool": int(len(train_y)),
+        "n_train_pool": int(len(pool_idx)),
+        "n_validation": int(len(val_idx)),
+        "validation_pneumonia": int(train_y[val_idx].sum()),
         "n_test": int(len(test_y)),
         "test_pneumonia_fraction": float(test_y.mean()),
         "majority_baseline": majority,
+        "protocol": (f"{len(seeds)} paired draws at n <= {SMALL_N}, {min(len(seeds), seeds_large)} above; early "
+                     f"stopping and the balanced-accuracy threshold from a fixed validation part of "
+                     f"{len(val_idx)} training images"),
         "seeds": list(seeds),
         "shots": curve["shots"],
         "mlp_hidden": list(hidden),
         "class_weighting": "balanced",
         # flat copies of the headline numbers, for the evaluation summary table
-        **{f"accuracy_{name}_{label}": curve[name][label]["accuracy_mean"]
-           for name in ("mlp", "probe") for label in curve["shots"]},
+        **{f"{metric}_{name}_{label}": curve[name][label][f"{metric}_mean"]
+           for name in ("mlp", "probe") for metric in ("accuracy", "balanced_accuracy", "auc")
+           for label in curve["shots"]},
         "mlp": curve["mlp"],
         "probe": curve["probe"],
         "figure": str(figure.name),
-        "seconds": round(time.perf_counter() - t0, 2),
     }
+    if compare:
+        metrics.update({f"{metric}_gain{p}_mlp_{label}": comparison["mlp"][label][f"{metric}_gain{q}"]
+                        for label in curve["shots"] for metric in ("auc", "accuracy")
+                        for p, q in (("", "_mean"), ("_p", "_p"))})
+        metrics["compare_init"] = {"seed": int((ctx.state.get("args") or {}).get("seed", 0)),
+                                   "untrained": {"mlp": reference["mlp"], "probe": reference["probe"]},
+                                   **comparison}
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return metrics

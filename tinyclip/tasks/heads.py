@@ -124,7 +124,7 @@ def _batch(inputs, index, prepare):
 
 def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 64,
         steps: int = 500, epochs: int | None = None, val_fraction: float = 0.2, min_val: int = 10,
-        patience: int = 10, balance: bool = False, seed: int = 0, prepare=None, log=None) -> dict:
+        patience: int = 10, balance: bool = False, seed: int = 0, prepare=None, val=None, log=None) -> dict:
     """Train ``model`` (its outputs are logits) on ``inputs`` → ``targets`` with Adam; returns a summary.
 
     ``inputs``: one array or a tuple of arrays with the same first axis N (float arrays
@@ -141,6 +141,9 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
     the best weights are put back. When the held-out part would have fewer than
     ``min_val`` rows (tiny few-shot sets), nothing is held out and the full budget of
     steps is used: weight decay is then what keeps the head from memorising.
+    ``val = (val_inputs, val_targets)``: a held-out set given by the caller (e.g. one
+    fixed set shared by many small training sets); then every row trains and
+    ``val_fraction`` is ignored.
     ``balance`` (binary/multiclass): weight every row by ``balanced_weights``, in
     training and in the held-out loss, so that a majority class cannot dominate.
     """
@@ -151,15 +154,23 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
     n = len(targets)
     if n == 0 or any(len(a) != n for a in inputs):
         raise ValueError(f"fit: need matching, non-empty inputs and targets, got {[len(a) for a in inputs]} and {n}")
+    if balance and kind == "multilabel":
+        raise ValueError("fit: balance applies to binary and multiclass targets only")
     t0 = time.perf_counter()
     train_idx, val_idx = np.arange(n), np.zeros(0, np.int64)
-    if val_fraction > 0 and int(round(val_fraction * n)) >= min_val:
-        train_idx, val_idx = holdout_split(targets, val_fraction, seed, stratify=kind != "multilabel")
-    weights = None
-    if balance:
-        if kind == "multilabel":
-            raise ValueError("fit: balance applies to binary and multiclass targets only")
-        weights = balanced_weights(targets)
+    weights = balanced_weights(targets) if balance else None
+    if val is not None:
+        val_inputs = val[0] if isinstance(val[0], tuple) else (val[0],)
+        val_targets = np.asarray(val[1])
+        if len(val_targets) == 0 or any(len(a) != len(val_targets) for a in val_inputs):
+            raise ValueError(f"fit: need matching, non-empty validation inputs and targets, got "
+                             f"{[len(a) for a in val_inputs]} and {len(val_targets)}")
+        val_idx = np.arange(len(val_targets))
+        val_weights = balanced_weights(val_targets) if balance else None
+    else:
+        if val_fraction > 0 and int(round(val_fraction * n)) >= min_val:
+            train_idx, val_idx = holdout_split(targets, val_fraction, seed, stratify=kind != "multilabel")
+        val_inputs, val_targets, val_weights = inputs, targets, weights
     batch_size = max(1, min(batch_size, len(train_idx)))
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     total = epochs * steps_per_epoch if epochs is not None else steps
@@ -183,12 +194,14 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
             losses.append(float(loss.item()))
             step += 1
             if len(val_idx) and (step % check_every == 0 or step == total):
-                val = evaluate_loss(model, inputs, targets, kind, val_idx, prepare=prepare, weights=weights)
-                history.append({"step": step, "train_loss": float(np.mean(losses[-check_every:])), "val_loss": val})
+                val_loss = evaluate_loss(model, val_inputs, val_targets, kind, val_idx, prepare=prepare,
+                                         weights=val_weights)
+                history.append({"step": step, "train_loss": float(np.mean(losses[-check_every:])),
+                                "val_loss": val_loss})
                 if log:
-                    log(f"  step {step}/{total}: train {history[-1]['train_loss']:.4f}  held-out {val:.4f}")
-                if val < best - 1e-6:
-                    best, best_state, since_best = val, model.state_dict(), 0
+                    log(f"  step {step}/{total}: train {history[-1]['train_loss']:.4f}  held-out {val_loss:.4f}")
+                if val_loss < best - 1e-6:
+                    best, best_state, since_best = val_loss, model.state_dict(), 0
                 else:
                     since_best += 1
                     if since_best >= patience:
@@ -269,6 +282,26 @@ def roc_auc(y_true, scores) -> float:
         return float("nan")
     ranks = average_ranks(np.asarray(scores, dtype=np.float64))
     return float((ranks[y_true].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def balanced_threshold(y_true, scores) -> float:
+    """The cut ``t`` that maximises the balanced accuracy ``(TPR + TNR) / 2`` of "positive iff score > t".
+
+    Candidates: midpoints between consecutive distinct scores, and one below / above
+    them all; of several best ones the middle one is taken. Needs both classes.
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if y_true.all() or not y_true.any():
+        raise ValueError("balanced_threshold: both classes are needed")
+    u = np.unique(scores)
+    cuts = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])
+    pos, neg = np.sort(scores[y_true]), np.sort(scores[~y_true])
+    tpr = 1.0 - np.searchsorted(pos, cuts, side="right") / len(pos)
+    tnr = np.searchsorted(neg, cuts, side="right") / len(neg)
+    ba = (tpr + tnr) / 2
+    best = np.flatnonzero(ba == ba.max())
+    return float(cuts[best[len(best) // 2]])
 
 
 def _f1(tp, fp, fn) -> np.ndarray:
