@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -224,12 +223,11 @@ def test_all_gather_and_the_loss_across_ranks_pass_gradcheck_on_two_ranks(two_ra
 
 @needs_mpi
 def test_a_failing_rank_ends_the_job_with_one_line_not_a_hang():
-    t0 = time.perf_counter()
+    """A hang would end in run_ranks' timeout (subprocess.TimeoutExpired fails the test)."""
     rc, out, err = run_ranks("fail")
     assert rc != 0
     assert "rank 1 of 2 failed: FileNotFoundError: no such folder: data/missing" in err
     assert "Traceback" not in err
-    assert time.perf_counter() - t0 < TIMEOUT / 2
 
 
 # ---------------------------------------------------------------------------
