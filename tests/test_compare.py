@@ -133,14 +133,14 @@ def test_rerun_with_other_flags_is_refused(tmp_path, capsys):
 
 def fake_run(run_dir, val_losses, best_epoch, finished=True):
     """A run directory as train leaves it: metrics.csv, the best checkpoint's epoch, the finished mark."""
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     rows = "".join(f"{e},1,{v},0.1,0.2,2.6,1,0.1\n" for e, v in enumerate(val_losses, 1))
     (run_dir / "metrics.csv").write_text("epoch,train_loss,val_loss,val_r10_i2t,val_r10_t2i,logit_scale,seconds,lr\n"
                                          + rows)
     save_checkpoint(run_dir, "best", {"epoch": best_epoch})
     save_checkpoint(run_dir, "last", {"epoch": len(val_losses)})
     if finished:
-        (run_dir / compare.FINISHED).write_text("{}")
+        (run_dir / compare.FINISHED).write_text('{"diverged": false}')
 
 
 def test_run_metric_at_the_best_checkpoint(tmp_path):
@@ -230,6 +230,17 @@ def test_failed_run_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "training" in err and "a-f0-s0" in err and "train.log" in err
     assert compare.run_state(tmp_path / "cmp" / "runs" / "a-f0-s0") == "new"
+
+
+def test_diverged_run_counts_with_its_best_epoch(tmp_path, capsys, monkeypatch):
+    def diverging(cmd, stdout, **kwargs):  # train's divergence stop: exit status 1 after a best epoch
+        fake_run(tmp_path / "runs" / "a-f0-s0", [2.0, 9.0], best_epoch=1, finished=False)
+        return subprocess.CompletedProcess(cmd, 1)
+    monkeypatch.setattr(compare.subprocess, "run", diverging)
+    assert compare.main(["--config", "a=", "--folds", "1", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    assert "a fold 0 seed 0: trained, val_loss 2.0000 (diverged" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["runs"][0]["diverged"] is True
+    assert compare.run_state(tmp_path / "runs" / "a-f0-s0") == "finished"
 
 
 # ---------------------------------------------------------------------------

@@ -245,7 +245,7 @@ class RunFailed(RuntimeError):
 
 
 def train_run(run_dir: Path, cmd) -> None:
-    """Run ``cmd`` with its output appended to ``run_dir/train.log``; on success mark the run finished."""
+    """Run ``cmd`` with its output appended to ``run_dir/train.log``; when it ends, mark the run finished."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "train.log"
     with open(log, "a") as f:
@@ -254,10 +254,17 @@ def train_run(run_dir: Path, cmd) -> None:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
     if rc == 130:
         raise KeyboardInterrupt
-    if rc != 0:
+    # Exit status 1 is train's divergence stop: the recipe ends there, with the best checkpoint before it.
+    stopped = rc == 1 and (run_dir / "best.npz").is_file()
+    if rc != 0 and not stopped:
         last = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
         raise RunFailed(f"training {run_dir} failed (exit status {rc}): {last} (log: {log})")
-    atomic_write(run_dir / FINISHED, lambda f: json.dump({"command": cmd}, f), mode="w")
+    atomic_write(run_dir / FINISHED, lambda f: json.dump({"command": cmd, "diverged": stopped}, f), mode="w")
+
+
+def diverged(run_dir: Path) -> bool:
+    """Whether a finished run was ended by train's divergence stop."""
+    return bool(read_json(run_dir / FINISHED, "run mark").get("diverged"))
 
 
 def _settings(out: Path, settings: dict) -> None:
@@ -398,10 +405,13 @@ def main(argv=None) -> int:
                 value = run_metric(run_dir, args.metric)
                 done += 1
                 how = {"new": "trained", "interrupted": "resumed", "finished": "reused"}[state]
-                print(f"[{done}/{total}] {name} fold {fold} seed {seed}: {how}, {args.metric} {value:.4f} "
+                stopped = diverged(run_dir)
+                print(f"[{done}/{total}] {name} fold {fold} seed {seed}: {how}, {args.metric} {value:.4f}"
+                      f"{' (diverged; its best epoch before that)' if stopped else ''} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
                 row.append(value)
-                runs.append({"config": name, "fold": fold, "seed": seed, "value": value, "run": str(run_dir)})
+                runs.append({"config": name, "fold": fold, "seed": seed, "value": value, "diverged": stopped,
+                             "run": str(run_dir)})
             rows.append(row)
     except KeyboardInterrupt:
         print(f"tinyclip.compare: interrupted after {done} of {total} runs; the same command continues "
