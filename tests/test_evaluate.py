@@ -97,6 +97,47 @@ def test_retrieval_matches_the_metrics_of_the_embeddings(evaluated, tiny_run):
     assert {k: got[k] for k in expected} == pytest.approx(expected)
 
 
+def test_initial_model_is_what_training_starts_from(tmp_path, monkeypatch):
+    """``initial_model`` rebuilds, weight for weight, the model tinyclip.train built before its first step."""
+    from tinyclip.models import CLIP
+    started = {}
+
+    class Recorded(CLIP):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.setdefault("weights", {k: np.array(v) for k, v in self.state_dict().items()})
+
+    monkeypatch.setattr(train, "CLIP", Recorded)
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--seed", "3", "--out", str(out)]) == 0
+    model = evaluate.initial_model(load_checkpoint(out, "best"))
+    assert not model.training
+    weights = model.state_dict()
+    assert set(weights) == set(started["weights"])
+    for name, value in weights.items():
+        np.testing.assert_array_equal(value, started["weights"][name], err_msg=name)
+
+
+def test_checkpoint_init_evaluates_the_untrained_model(evaluated, tiny_run, capsys):
+    """--checkpoint init: every task on the untrained model of the run's configuration and seed, results apart."""
+    from tinyclip.tasks.retrieval import retrieval_metrics, same_caption
+    code, out, err = run_main("--run", tiny_run, "--task", "retrieval,modality", "--checkpoint", "init", capsys=capsys)
+    assert code == 0, err
+    assert "untrained model, seed 0" in out
+    metrics = json.loads((tiny_run / "eval-init" / "metrics.json").read_text())  # never the trained model's file
+    assert metrics["retrieval"]["checkpoint"] == "init" and metrics["retrieval"]["epoch"] == 0
+    assert "modality" in metrics
+    state = load_checkpoint(tiny_run, "best")
+    model = evaluate.initial_model(state)
+    frame, images = make_synthetic(num_samples=60, image_size=16, seed=0)
+    test = state["split"]["test"]
+    sim = model.embed_images(images[test]).astype(np.float64) @ model.embed_texts(
+        list(frame["caption"].iloc[test])).astype(np.float64).T
+    expected = retrieval_metrics(sim, same_caption(frame["caption"].iloc[test]))
+    assert {k: metrics["retrieval"][k] for k in expected} == pytest.approx(expected)
+    assert metrics["retrieval"] != evaluated[2]["retrieval"]
+
+
 def test_pneumonia_on_a_kermany_folder(tiny_run, tmp_path, capsys):
     rng = np.random.default_rng(0)
     for folder, n in (("NORMAL", 3), ("PNEUMONIA", 5)):
@@ -250,6 +291,7 @@ def test_skipped_and_failed_tasks(tiny_run, tmp_path, fake_tasks, capsys):
     (["--run", "{run}", "--task", "retrival"], "unknown task 'retrival'"),
     (["--run", "{run}", "--task", "retrieval", "--split", "val"], "invalid choice"),
     (["--run", "{tmp}", "--task", "retrieval"], "no 'best' checkpoint"),
+    (["--run", "{tmp}", "--task", "retrieval", "--checkpoint", "init"], "expected best.npz or last.npz"),
     (["--run", "{run}", "--task", "pneumonia-zeroshot", "--chest-dir", "{tmp}/no_chest"], "does not exist"),
     (["--run", "{run}", "--task", "modality", "--prompts", "{tmp}/none.json"], "does not exist"),
     (["--run", "{run}", "--task", "retrieval", "--data", "roco"], "--split test evaluates on the run's own data"),

@@ -32,10 +32,19 @@ def one_line(code, err, *needles):
     (["--option", "head_lr=-1"], ["head_lr"]),
     (["--option", "features=colour"], ["features", "clip or pixels"]),
     (["--option", "no_such_thing=1"], ["no_such_thing", "unknown", "head_steps"]),
+    (["--option", "compare_init=maybe"], ["compare_init", "0 or 1"]),
+    (["--option", "seeds_large=0"], ["seeds_large", "positive integer"]),
+    (["--option", "val_n=1"], ["val_n"]),
 ])
 def test_bad_flags(tiny_run, capsys, extra, needles):  # noqa: F811
     code, _, err = run_main("--run", tiny_run, "--task", "fewshot", *extra, capsys=capsys)
     one_line(code, err, *needles)
+
+
+def test_compare_init_of_the_untrained_model_is_refused(tiny_run, capsys):  # noqa: F811
+    code, _, err = run_main("--run", tiny_run, "--task", "fewshot", "--checkpoint", "init", "--option",
+                            "compare_init=1", capsys=capsys)
+    one_line(code, err, "compare_init", "untrained one")
 
 
 def test_shots_larger_than_the_pool(tiny_run, tmp_path, capsys):  # noqa: F811

@@ -444,13 +444,14 @@ def plot_curve(path, curve: dict, baseline: float | None = None, title: str = ""
     ``reference`` (the untrained tower's curve) in grey."""
     from .figures import new_figure, save
     fig = new_figure(9.6, 3.6)
-    axes = fig.subplots(1, 2)
-    towers = [(curve, "", None)] + ([(reference, " (untrained tower)", "grey")] if reference else [])
+    axes = fig.subplots(1, 2, gridspec_kw={"wspace": 0.3})
+    # the untrained tower's points a little to the right, so that equal values stay visible
+    towers = [(curve, "", None, 1.0)] + ([(reference, " (untrained tower)", "grey", 1.08)] if reference else [])
     for ax, metric, ylabel in zip(axes, ("accuracy", "auc"), ("test accuracy", "test ROC AUC")):
-        for data, suffix, color in towers:
+        for data, suffix, color, shift in towers:
             for name, style, label in (("mlp", "o-", "MLP head"), ("probe", "s--", "logistic probe")):
                 rows = [data[name][k] for k in data["shots"]]
-                ax.errorbar([r["n"] for r in rows], [r[f"{metric}_mean"] for r in rows],
+                ax.errorbar([r["n"] * shift for r in rows], [r[f"{metric}_mean"] for r in rows],
                             yerr=[r[f"{metric}_std"] for r in rows], fmt=style, capsize=3, color=color,
                             alpha=0.6 if color else 1.0, label=label + suffix)
         chance = baseline if metric == "accuracy" else 0.5
