@@ -144,7 +144,7 @@ def check_pip(command: str):
     assert extra, f"a pip command that is not .ci/run's: {command!r} (CI runs {install!r})"
     assert extra.group(1) in pyproject_extras(), \
         f"{command!r}: pyproject.toml has no extra {extra.group(1)!r}"
-    assert command == re.sub(r"\.\[\w+\]", f".[{extra.group(1)}]", install), \
+    assert command == re.sub(r"\.\[[\w,]+\]", f".[{extra.group(1)}]", install), \
         f"{command!r} should be .ci/run's install line with the extra changed: {install!r}"
 
 

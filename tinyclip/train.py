@@ -10,11 +10,16 @@ improvement (small datasets overfit after a few epochs), or at once on a NaN los
 Run with ``--help`` for the options. ``--resume RUN_DIR`` continues a run exactly
 where its ``last`` checkpoint left it (same split, optimizer state, RNG state and
 step counter), so 2 epochs in one go equal 1 epoch + 1 resumed epoch.
+
+``mpiexec -n W python -m tinyclip.train --distributed`` trains data-parallel on W ranks
+(``tinyclip.distributed``): each takes its shard of every global batch, the loss spans the
+global batch, the gradients are averaged; only rank 0 writes the run directory and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, nn, optim
+from . import backend, distributed, nn, optim
 from .cli import (OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int,
                   probability)
 from .checkpoint import load_checkpoint, restoring, save_checkpoint
@@ -49,7 +54,7 @@ RUN_FILES = ("last.npz", "best.npz", "last.json", "best.json", "metrics.csv")
 RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "grad_clip", "max_vocab", "min_freq",
              "patience", "split_seed", "folds", "fold", "recipe", "pretrain_epochs", "pretrain_images") + RECIPE_FLAGS
 # Flags that may differ from the saved run when resuming; every other flag given with --resume must match it.
-MAY_CHANGE_ON_RESUME = ("epochs", "data_dir", "device", "no_progress", "cache_dir", "resume", "out")
+MAY_CHANGE_ON_RESUME = ("epochs", "data_dir", "device", "no_progress", "cache_dir", "resume", "out", "distributed")
 # The model flags, saved in the checkpoint's config rather than its args.
 MODEL_FLAGS = ("image_tower", "image_size", "conv_channels", "text_layers", "width", "heads", "ff_dim", "dropout",
                "embed_dim", "max_len")
@@ -88,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (NumPy) or cuda (CuPy); the default comes from $TINYCLIP_DEVICE")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel on the ranks of mpiexec (the mpi extra): each rank takes its shard of every "
+                        "global --batch-size batch; only rank 0 writes")
     r = p.add_argument_group("recipe", "--recipe sets every flag of this group; a flag given explicitly wins. "
                              "report: " + _describe(RECIPES["report"]) + ". small-data: "
                              + _describe(RECIPES["small-data"]))
@@ -167,13 +175,15 @@ def batch_tensors(model, images, ids, mask, index):
     return model.image_input(images[index]), xp.asarray(ids[index]), xp.asarray(mask[index])
 
 
-def validate(model, images, ids, mask, captions, index, batch_size: int) -> dict:
+def validate(model, images, ids, mask, captions, index, batch_size: int, comm=distributed.SingleProcess()) -> dict:
     """Validation loss (mean CLIP loss over fixed batches) and R@10 both ways over all of ``index`` (eval mode).
 
     A pair whose caption text repeats counts every identical caption as correct (as the retrieval task).
+    Each rank embeds its shard of ``index``; the embeddings are gathered, so every rank returns the same.
     """
-    image_emb = model.embed_images(images[index], batch_size)
-    text_emb = model.embed_texts((ids[index], mask[index]), batch_size)
+    part = distributed.shard(index, comm.rank, comm.size) if comm.size > 1 else index
+    image_emb = comm.allgather(model.embed_images(images[part], batch_size))
+    text_emb = comm.allgather(model.embed_texts((ids[part], mask[part]), batch_size))
     scale = Tensor(backend.to_numpy(model.logit_scale.data).astype(image_emb.dtype))
     total = 0.0
     with no_grad():
@@ -249,6 +259,18 @@ class Objective:
             for part, (x, _, _) in zip(parts, micro):  # the CLIP view and one more view of each image
                 total += self.simclr_term(self.images[part], args.ssl_weight / len(micro), first_view=x)
         return total, contrastive
+
+    def backward_across_ranks(self, index, comm, params) -> float:
+        """Backpropagate this rank's share of the CLIP loss of the global batch ``index``, average the
+        gradients of ``params`` over the ranks; returns the global batch's loss (the same on every rank).
+
+        Backward runs even on a non-finite loss: all_gather's backward is a collective every rank joins.
+        """
+        loss = distributed.clip_loss_across_ranks(
+            *self.model(*self.inputs(distributed.shard(index, comm.rank, comm.size))), comm)
+        loss.backward()
+        (value,) = distributed.average_gradients(params, comm, loss.item())
+        return value
 
     def make_ssl_head(self):
         """The SimCLR projection head: Linear → ReLU → Linear on the image tower's features."""
@@ -420,8 +442,12 @@ def _write_metrics(history, path: Path) -> None:
     atomic_write(path, write, mode="w")
 
 
-def run(args, log=print) -> dict:
-    """Train as ``args`` say; returns the run summary (history, best epoch, paths)."""
+def run(args, log=print, comm=distributed.SingleProcess()) -> dict:
+    """Train as ``args`` say; returns the run summary (history, best epoch, paths).
+
+    ``comm``: the ranks of a distributed run. Every rank reads the checkpoint to resume; only rank 0
+    creates, locks and writes the run directory, whose path it sends to the others.
+    """
     backend.set_default_device(args.device)
     resumed = None
     if args.resume:
@@ -429,15 +455,17 @@ def run(args, log=print) -> dict:
         out = Path(args.resume)
     else:
         apply_recipe(args)
-        out = _new_run_dir(args.out, args.overwrite)
-    with run_lock(out):
-        for tmp in remove_stale_temporaries(out):
-            log(f"removed {tmp.name}, left by an interrupted write")
-        if not resumed:  # nothing of a replaced run, or of a first epoch that crashed, may mix with the new one
+        out = _new_run_dir(args.out, args.overwrite) if comm.is_root else None
+    out = Path(comm.bcast(str(out) if comm.is_root else None))
+    with run_lock(out) if comm.is_root else contextlib.nullcontext():
+        if comm.is_root:
+            for tmp in remove_stale_temporaries(out):
+                log(f"removed {tmp.name}, left by an interrupted write")
+        if not resumed and comm.is_root:  # nothing of a replaced run, or of a crashed first epoch, may mix in
             for name in RUN_FILES + ("loss_curve.png",):
                 (out / name).unlink(missing_ok=True)
         try:
-            return _train(args, out, resumed, log)
+            return _train(args, out, resumed, log, comm)
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted; {on_disk(out)}") from None
 
@@ -505,7 +533,23 @@ def _comparable(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _train(args, out: Path, resumed, log) -> dict:
+def _check_distributed(args, comm, n_train: int) -> None:
+    """Refuse what the distributed step does not do (yet), and batches that cannot give every rank a pair."""
+    unsupported = [flag for flag, on in (("--loss concept", args.loss == "concept"),
+                                         ("--accum-steps > 1", args.accum_steps > 1),
+                                         ("--ssl-weight > 0", args.ssl_weight > 0),
+                                         ("--pretrain-epochs > 0", args.pretrain_epochs > 0)) if on]
+    if unsupported:
+        raise ValueError(f"--distributed does not support {', '.join(unsupported)} yet")
+    if args.batch_size < comm.size:
+        raise ValueError(f"--batch-size {args.batch_size} is smaller than the {comm.size} ranks")
+    last = n_train % args.batch_size
+    if 0 < last < comm.size:
+        raise ValueError(f"--batch-size {args.batch_size} leaves a last batch of {last} of the {n_train} training "
+                         f"pairs, fewer than the {comm.size} ranks: choose another --batch-size")
+
+
+def _train(args, out: Path, resumed, log, comm) -> dict:
     if resumed:
         with restoring(_resumed_from(args)):
             args.image_size = int(resumed["config"]["image_size"])
@@ -522,6 +566,8 @@ def _train(args, out: Path, resumed, log) -> dict:
     train_idx, val_idx = split["train"], split["val"]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(f"{len(frame)} pairs are too few for a train/validation split")
+    if comm.size > 1:
+        _check_distributed(args, comm, len(train_idx))
 
     if resumed:
         with restoring(_resumed_from(args)):
@@ -564,12 +610,20 @@ def _train(args, out: Path, resumed, log) -> dict:
                 objective.augment_rng.bit_generator.state = resumed["augment_rng"]
             backend.set_rng_state(resumed["rng"])
             history, step = list(resumed["history"]), int(resumed["step"])
+    if comm.size > 1:
+        # Rank 0's weights everywhere (also after a resume read on every host), then per-rank streams:
+        # rank 0 keeps its own (checkpointed), ranks > 0 draw new ones for dropout and augmentation.
+        distributed.broadcast_parameters([p for module in [model, *extra] for p in module.parameters()], comm)
+        if comm.rank > 0:
+            backend.manual_seed(distributed.rank_seed(args.seed, comm.rank, step))
+            objective.augment_rng = np.random.default_rng([distributed.rank_seed(args.seed, comm.rank, step), 1])
     pairs_per_step = args.batch_size * args.accum_steps
     steps_per_epoch = math.ceil(len(train_idx) / pairs_per_step)
     total_steps = steps_per_epoch * args.epochs
     log(f"tinyclip.train: {len(frame)} pairs ({args.data}), train {len(train_idx)} / val {len(val_idx)} / "
         f"test {len(split['test'])}; vocabulary {tokenizer.vocab_size}; {model.num_parameters():,} parameters; "
-        f"recipe {args.recipe}; device {backend.default_device()}; out {out}")
+        f"recipe {args.recipe}; device {backend.default_device()}; "
+        f"{comm.size} rank{'s' if comm.size > 1 else ''}; out {out}")
     log(f"chance level of the validation loss: {chance_loss(len(val_idx), args.batch_size):.4f} "
         f"(ln of the batch size, averaged over the validation batches); of R@10: {min(10 / len(val_idx), 1):.4f}")
     if not resumed and args.pretrain_epochs:
@@ -584,7 +638,8 @@ def _train(args, out: Path, resumed, log) -> dict:
                  "split": {k: v.tolist() for k, v in split.items()}, "ids": list(frame["id"]),
                  "epoch": epoch, "step": step, "best_val_loss": min(h["val_loss"] for h in history),
                  "history": history, "rng": backend.rng_state(), "shuffle_rng": shuffle_rng.bit_generator.state,
-                 "augment_rng": objective.augment_rng.bit_generator.state, "pretrain_history": pretrain_history}
+                 "augment_rng": objective.augment_rng.bit_generator.state, "pretrain_history": pretrain_history,
+                 "world_size": comm.size}
         if ssl_head is not None:
             state["ssl_head"] = ssl_head.state_dict()
         return state
@@ -600,11 +655,15 @@ def _train(args, out: Path, resumed, log) -> dict:
         model.train()
         losses, contrastive, batch_chance = [], [], []
         batches = iterate_batches(len(train_idx), pairs_per_step, rng=shuffle_rng, shuffle=True)
-        bar = _progress(batches, steps_per_epoch, f"epoch {epoch}/{args.epochs}", disable=args.no_progress)
+        bar = _progress(batches, steps_per_epoch, f"epoch {epoch}/{args.epochs}",
+                        disable=args.no_progress or not comm.is_root)
         for batch in bar:
             optimizer.lr = learning_rate(args, step, total_steps)
             optimizer.zero_grad()
-            value, part = objective.backward(train_idx[batch])
+            if comm.size > 1:
+                value = part = objective.backward_across_ranks(train_idx[batch], comm, optimizer.params)
+            else:
+                value, part = objective.backward(train_idx[batch])
             if not math.isfinite(value):
                 raise Diverged(f"loss became {value} at epoch {epoch}, step {step}: training stopped; "
                                f"{on_disk(out)}")
@@ -620,7 +679,7 @@ def _train(args, out: Path, resumed, log) -> dict:
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         _check_divergence(model, epoch, contrastive, batch_chance, out, history)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-               **validate(model, images, ids, mask, objective.captions, val_idx, args.batch_size),
+               **validate(model, images, ids, mask, objective.captions, val_idx, args.batch_size, comm),
                "logit_scale": float(backend.to_numpy(model.logit_scale.data)[0]), "seconds": round(time.perf_counter() - t0, 2),
                "lr": optimizer.lr}
         previous_best = min((selection_score(h, args.select) for h in history), default=math.inf)
@@ -629,12 +688,13 @@ def _train(args, out: Path, resumed, log) -> dict:
         since_best = 0 if improved else since_best + 1
         # ``last`` is committed last: a crash before it re-runs this epoch on --resume, which rewrites
         # best, metrics.csv and the figure identically, so the files never disagree.
-        state = checkpoint_state(epoch)
-        if improved:
-            save_checkpoint(out, "best", state)
-        _write_metrics(history, out / "metrics.csv")
-        _plot_losses(history, out / "loss_curve.png")
-        save_checkpoint(out, "last", state)
+        if comm.is_root:
+            state = checkpoint_state(epoch)
+            if improved:
+                save_checkpoint(out, "best", state)
+            _write_metrics(history, out / "metrics.csv")
+            _plot_losses(history, out / "loss_curve.png")
+            save_checkpoint(out, "last", state)
         log(f"epoch {epoch}: train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  R@10 i2t "
             f"{row['val_r10_i2t']:.3f} t2i {row['val_r10_t2i']:.3f}{'  (best)' if improved else ''}  "
             f"{row['seconds']:.1f}s")
@@ -680,8 +740,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.given = given_flags(parser, argv)
     try:
+        comm = distributed.communicator(args.distributed)
+    except RuntimeError as e:
+        print(f"tinyclip.train: error: {e}", file=sys.stderr)
+        return 2
+    with distributed.abort_on_failure(comm, "tinyclip.train"):
+        code = _main(args, comm)
+    if code and comm.size > 1:  # the other ranks may wait in a collective: end them all
+        comm.abort(code)
+    return code
+
+
+def _main(args, comm) -> int:
+    log = print if comm.is_root else (lambda *a, **k: None)
+    if not comm.is_root:
+        args.no_progress = True
+    try:
         with one_line_warnings():
-            run(args)
+            run(args, log, comm)
     except (Diverged, Interrupted) as e:
         print(f"tinyclip.train: {e}", file=sys.stderr)
         return 130 if isinstance(e, Interrupted) else 1
