@@ -22,6 +22,8 @@ from PIL import Image
 from tinyclip import evaluate, serve, train
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TINYCLIP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ROCO_TEST = SHARED / "roco" / "data" / "test" / "radiology"
 # 960 synthetic pairs at 16 px, 6 epochs: about 5 s on one core, enough to learn the modalities.
 RUN_FLAGS = ["--num-samples", "960", "--image-size", "16", "--conv-channels", "8,16", "--text-layers", "1",
              "--width", "16", "--heads", "2", "--ff-dim", "32", "--embed-dim", "16", "--max-len", "16",
@@ -367,6 +369,23 @@ def test_header_shows_retrieval_after_evaluate(search_run, tmp_path):
     retrieval = started.engine.info()["retrieval"]
     metrics = json.loads((run / "eval" / "metrics.json").read_text())["retrieval"]
     assert retrieval["t2i_R@10"] == metrics["t2i_R@10"] and retrieval["n"] == 192 and retrieval["split"] == "test"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROCO_TEST / "images").is_dir(), reason=f"no ROCO images at {ROCO_TEST}")
+def test_a_synthetic_run_over_real_roco(search_run, tmp_path):
+    """Real captions and JPEGs: decoded into the image cache once, modalities parsed from the captions."""
+    started, _ = serve.start(serve_args(search_run, data="roco", data_dir=str(ROCO_TEST),
+                                        cache_dir=str(tmp_path / "cache")), log=lambda _: None)
+    started.server_close()
+    engine = started.engine
+    assert engine.info()["n"] > 3000 and engine.collection.parts is None and "ROCO folder" in engine.info()["data"]
+    assert {"ct", "mri", "xray"} <= set(engine.modalities)  # parsed from the captions (None where none is named)
+    answer = engine.search("ct scan of the chest", 5)
+    assert len(answer["results"]) == 5 and all(r["caption"] for r in answer["results"])
+    with Image.open(io.BytesIO(engine.thumbnail(answer["results"][0]["id"]))) as im:
+        assert im.size == (16, 16)
+    assert list((tmp_path / "cache").glob("images-16px-*.npy"))  # thumbnails come from the decoded image cache
 
 
 def one_line(capsys, code, expected_code, *needles):
