@@ -308,7 +308,7 @@ def _plot(names, scores, result: dict, metric: str, path: Path) -> None:
         title = f"Friedman p = {result['friedman']['p']:.3g}"
     else:
         title = f"Wilcoxon p = {result['pairs'][0]['p']:.3g}" if result["pairs"] else ""
-    ax.set_title(f"{len(scores)} paired runs (fold x seed); {title}", fontsize=10)
+    ax.set_title(f"{len(scores)} blocks of paired runs (fold x seed); {title}", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
