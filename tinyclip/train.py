@@ -135,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "chest_xray/train; never a Kermany test folder or the run's own data folder")
     m = p.add_argument_group("model")
     defaults = CLIPConfig()
-    m.add_argument("--image-tower", choices=IMAGE_TOWERS, default=defaults.image_tower,
-                   help="report: conv + ReLU + max-pool blocks; batchnorm: the same with a batch norm after each "
-                        "conv; resnet: residual blocks with batch norm; all at the same widths")
+    m.add_argument("--image-tower", choices=IMAGE_TOWERS,
+                   help="(set by --recipe) report: conv + ReLU + max-pool blocks; batchnorm: the same with a batch "
+                        "norm after each conv; resnet: residual blocks with batch norm; all at the same widths")
     m.add_argument("--image-size", type=positive_int, default=defaults.image_size)
     m.add_argument("--conv-channels", type=_int_list, default=defaults.conv_channels,
                    help="comma-separated channels of the conv blocks, e.g. 16,32,64,128,256")
