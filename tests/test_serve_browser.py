@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # run as a script
 from test_serve import Server, search_run  # noqa: E402, F401  (search_run is a fixture)
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -151,14 +151,14 @@ def main(argv=None) -> int:
     p.add_argument("--query", default="ct scan of the chest")
     p.add_argument("--upload", help="an image file to upload (default: a generated grey one)")
     p.add_argument("--out", default="docs/serve_page.png")
-    p.add_argument("--size", default="1280x1500", help="window size WxH")
+    p.add_argument("--size", default="1280x1960", help="window size WxH")
     args = p.parse_args(argv)
     paths, reason = find_browser()
     if paths is None:
         print(reason, file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(args.run, log_dir=tmp)
+        server = Server(args.run, "--max-upload-mb", "10", log_dir=tmp)
         browser = open_browser(*paths, size=tuple(int(v) for v in args.size.split("x")))
         try:
             upload = Path(args.upload) if args.upload else an_image(Path(tmp) / "mine.png")
@@ -166,6 +166,8 @@ def main(argv=None) -> int:
         finally:
             browser.quit()
             server.close()
+    with Image.open(args.out) as im:  # 256 colours: a third of the bytes, and the page has few colours
+        im.convert("RGB").quantize(256).save(args.out, optimize=True)
     print(f"{args.out}: {len(seen['results'])} results, upload {seen['upload_bars']}")
     return 0
 
