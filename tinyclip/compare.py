@@ -62,8 +62,8 @@ def read_configs(path: Path) -> list[tuple[str, list[str]]]:
             table = _read_toml(path)
         else:
             table = read_json(path, "--configs file")
-    except OSError as e:
-        raise ValueError(f"--configs file {path}: {e.strerror or e}") from None
+    except OSError as e:  # read_json's FileNotFoundError already names the file
+        raise ValueError(f"--configs file {path}: {e.strerror}" if e.strerror else str(e)) from None
     if not isinstance(table, dict) or not table:
         raise ValueError(f"--configs file {path}: expected a non-empty table NAME = flags")
     configs = []
@@ -384,6 +384,9 @@ def main(argv=None) -> int:
         full = {name: common + flags for name, flags in configs}
         parsed = {name: train_args(data, flags, f"configuration {name!r}") for name, flags in full.items()}
         _settings(args.out, {"data": data, "folds": args.folds, "configs": full})
+    except OSError as e:  # --out not writable, or a file
+        print(f"tinyclip.compare: error: --out {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"tinyclip.compare: error: {e}", file=sys.stderr)
         return 2
