@@ -7,10 +7,10 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import quote
@@ -48,26 +48,23 @@ class Server:
     """``python -m tinyclip.serve`` in a subprocess; ``url`` from the line it prints."""
 
     def __init__(self, run_dir, *flags, log_dir):
-        self.log = open(Path(log_dir) / "serve.log", "w+")
+        self.log_path = Path(log_dir) / "serve.log"
+        self.log = open(self.log_path, "w")
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tinyclip.serve", "--run", str(run_dir), "--port", "0", "--no-progress",
              "--device", "cpu", "--max-upload-mb", str(MAX_UPLOAD_MB), *flags],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=ROOT)
         self.lines, self.url = [], None
-        deadline = time.monotonic() + 120
-        while self.url is None and time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
+        for line in self.process.stdout:  # until the URL line (or the end, if it failed to start)
             self.lines.append(line)
             found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
             if found:
                 self.url, self.port = found.group(0), int(found.group(1))
+                break
         if self.url is None:
-            self.close()
-            self.log.seek(0)
-            raise RuntimeError(f"the server printed no URL: {''.join(self.lines)}{self.log.read()}")
+            code, output = self.close()
+            raise RuntimeError(f"the server printed no URL (exit status {code}): {output}{self.log_path.read_text()}")
 
     def request(self, method, path, body=None, headers=None):
         """``(status, content type, body bytes)`` of one request, the path sent as is (no normalising)."""
@@ -86,13 +83,16 @@ class Server:
         return json.loads(body)
 
     def close(self):
-        self.process.terminate()
+        """Stop it as a user does, with Ctrl-C: ``(exit status, everything it printed on stdout)``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
         try:
-            self.process.wait(timeout=10)
+            rest = self.process.communicate(timeout=30)[0]
         except subprocess.TimeoutExpired:
             self.process.kill()
-        self.process.stdout.close()
+            rest = self.process.communicate()[0]
         self.log.close()
+        return self.process.returncode, "".join(self.lines) + (rest or "")
 
 
 @pytest.fixture(scope="module")
@@ -333,13 +333,13 @@ def serve_args(run, **overrides):
     return args
 
 
-def test_embeddings_are_cached_next_to_the_run(server, search_run):
+def test_a_restart_reads_the_cached_embeddings_and_ctrl_c_stops_it(server, search_run, tmp_path):
     cached = list((search_run / "serve").glob("embeddings-best-*.npz"))
-    assert len(cached) == 1  # written by the server's start
-    lines = []
-    started, url = serve.start(serve_args(search_run), log=lines.append)
-    started.server_close()
-    assert any("read from" in line for line in lines) and url.startswith("http://127.0.0.1:")
+    assert len(cached) == 1  # written by the first server's start
+    again = Server(search_run, log_dir=tmp_path)
+    assert again.get_json("/api/info")["n"] == 960
+    code, output = again.close()
+    assert code == 0 and f"embeddings of 960 pairs read from {cached[0]}" in output and "stopped" in output, output
     with np.load(cached[0]) as z:
         assert z["image_emb"].shape == z["text_emb"].shape == (960, 16)
         assert np.allclose(np.linalg.norm(z["image_emb"], axis=1), 1, atol=1e-4)

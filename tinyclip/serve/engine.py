@@ -23,6 +23,7 @@ from PIL import Image
 from ..data.images import ImageDecodeError, load_image
 from ..tasks import softmax
 from ..tasks.modality import classify, embed_prompts, load_prompts, modality_from_caption
+from ..tasks.retrieval import ranks
 from ..text import Tokenizer
 
 MAX_QUERY_CHARS = 1000
@@ -124,7 +125,7 @@ class SearchEngine:
             modality = self._modality(self.collection.image_emb[i])
         true = np.array([c == self.captions[i] for c in self.captions])
         order = np.argsort(-p, kind="stable")
-        true_rank = int(np.flatnonzero(true[order])[0]) + 1
+        true_rank = int(ranks(p[None], true[None])[0])  # as the retrieval task ranks: ties count against it
         captions = [{**self._pair(int(j), rank, p[j]), "true": bool(true[j])}
                     for rank, j in enumerate(order[:k], start=1)]
         return {**self._pair(i), "captions": captions, "true_rank": true_rank, "zero_shot": modality, "k": k}

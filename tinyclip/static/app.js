@@ -86,7 +86,9 @@ async function search(event) {
   try {
     const answer = await api(`/api/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`);
     renderTokens(answer.tokens);
-    if (answer.truncated) $("tokens").append(element("span", "muted", ` (only the first ${answer.max_len} words are read)`));
+    if (answer.truncated) {
+      $("tokens").append(element("span", "muted", ` (only the first ${answer.max_len} words are read)`));
+    }
     for (const r of answer.results) {
       const card = element("div", "result");
       card.dataset.id = r.id;
