@@ -15,7 +15,7 @@ from tinyclip.models import CLIP, CLIPConfig
 from tinyclip.nn import Parameter
 from tinyclip.recipes import RECIPES, apply_recipe
 
-from test_train import TINY, losses
+from test_train import TINY, assert_resume_is_exact
 
 ALL_ON = ["--loss", "concept", "--concept-alpha", "0.5", "--augment", "0.5", "--text-augment", "0.5",
           "--ssl-weight", "0.5", "--accum-steps", "2", "--select", "val_r10", "--optimizer", "adamw",
@@ -85,16 +85,8 @@ def test_fixed_temperature_stays_fixed(tmp_path):
 
 
 def test_every_option_on_resumes_exactly(tmp_path):
-    straight, resumed = tmp_path / "a", tmp_path / "b"
-    flags = TINY + ALL_ON + ["--dropout", "0"]
-    assert train.main(flags + ["--epochs", "2", "--out", str(straight)]) == 0
-    assert train.main(flags + ["--epochs", "1", "--out", str(resumed)]) == 0
-    assert train.main(["--resume", str(resumed), "--epochs", "2", "--no-progress"]) == 0
-    assert losses(straight) == losses(resumed)
-    a, b = load_checkpoint(straight, "last"), load_checkpoint(resumed, "last")
-    for key in a["model"]:
-        np.testing.assert_array_equal(a["model"][key], b["model"][key])
-    assert a["args"]["ssl_weight"] == 0.5 and "ssl_head" in a
+    last = assert_resume_is_exact(TINY + ALL_ON + ["--dropout", "0"], tmp_path)
+    assert last["args"]["ssl_weight"] == 0.5 and "ssl_head" in last
 
 
 def test_resume_refuses_a_changed_recipe_flag(tmp_path, capsys):
