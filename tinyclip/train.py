@@ -169,12 +169,6 @@ def _int_list(text: str) -> tuple:
 # one step, one evaluation
 # ---------------------------------------------------------------------------
 
-def batch_tensors(model, images, ids, mask, index):
-    """The model inputs of the pairs at ``index``, on the model's device."""
-    xp = model.logit_scale.xp
-    return model.image_input(images[index]), xp.asarray(ids[index]), xp.asarray(mask[index])
-
-
 def validate(model, images, ids, mask, captions, index, batch_size: int, comm=distributed.SingleProcess()) -> dict:
     """Validation loss (mean CLIP loss over fixed batches) and R@10 both ways over all of ``index`` (eval mode).
 
