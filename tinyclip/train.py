@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--text-augment", type=probability, help="caption augmentation strength (one sentence, word "
                    "dropout), 0: off")
     r.add_argument("--accum-steps", type=positive_int, help="micro-batches per step: an exact contrastive batch "
-                   "of accum-steps x batch-size pairs at the memory of one micro-batch")
+                   "of accum-steps x batch-size pairs at the memory of one micro-batch (exact without dropout "
+                   "and batch norm, which see one micro-batch at a time)")
     r.add_argument("--ssl-weight", type=nonnegative_float, help="weight of a SimCLR loss on two views of each "
                    "image (SLIP), 0: off")
     r.add_argument("--select", choices=("val_loss", "val_r10"), help="what chooses the best checkpoint and early "
