@@ -293,6 +293,12 @@ def chance_loss(n: int, batch_size: int) -> float:
     return sum(size * math.log(size) for size in sizes) / max(n, 1)
 
 
+def make_optimizer(args, params):
+    """The ``--optimizer`` of ``args`` over ``params`` (a list or parameter groups), at ``--lr`` and ``--weight-decay``."""
+    opt_class = optim.AdamW if args.optimizer == "adamw" else optim.Adam
+    return opt_class(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
 def learning_rate(args, step: int, total_steps: int) -> float:
     if args.warmup_steps > 0:  # a warmup longer than the run warms up over the whole run
         return optim.warmup_cosine(step, args.lr, min(args.warmup_steps, total_steps), total_steps)
@@ -374,8 +380,7 @@ def pretrain_images(args, model, objective, pool, log) -> list[dict]:
     if objective.ssl_head is None:  # no --ssl-weight term later: the phase gets a head of its own
         objective.ssl_head = objective.make_ssl_head()
     params = [*model.image_encoder.parameters(), *objective.ssl_head.parameters()]
-    opt_class = optim.AdamW if args.optimizer == "adamw" else optim.Adam
-    opt = opt_class(optim.weight_decay_groups(params), lr=args.lr, weight_decay=args.weight_decay)
+    opt = make_optimizer(args, optim.weight_decay_groups(params))
     rng = np.random.default_rng([args.seed, 2])
     steps = math.ceil(len(pool) / args.batch_size) * args.pretrain_epochs
     rows, step = [], 0
@@ -590,8 +595,7 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
     else:
         groups = [g for g in model.parameter_groups(extra, args.logit_scale_lr)
                   if not (args.temperature > 0 and g["params"] == [model.logit_scale])]
-    opt_class = optim.AdamW if args.optimizer == "adamw" else optim.Adam
-    optimizer = opt_class(groups, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(args, groups)
     shuffle_rng = np.random.default_rng(args.seed)
     history, step = [], 0
     if resumed:
