@@ -266,10 +266,17 @@ def test_explicit_grad_and_its_shape():
     np.testing.assert_array_equal(x.grad, [[3.0, 6.0]])
 
 
-def test_default_grad_is_ones_for_non_scalars():
+def test_backward_without_grad_needs_one_element():
+    """As in PyTorch: a non-scalar needs an explicit grad; a one-element tensor's default is 1."""
     x = Tensor(np.ones((2, 2)), requires_grad=True)
-    (x * 5).backward()
+    with pytest.raises(RuntimeError, match=r"one-element tensor, got shape \(2, 2\)"):
+        (x * 5).backward()
+    assert x.grad is None
+    (x * 5).backward(np.ones((2, 2)))
     np.testing.assert_array_equal(x.grad, np.full((2, 2), 5.0))
+    w = Tensor(np.array([[2.0]]), requires_grad=True)
+    (w * 3).backward()
+    np.testing.assert_array_equal(w.grad, [[3.0]])
 
 
 def test_long_chain_has_no_recursion_limit():

@@ -206,15 +206,19 @@ class Tensor:
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
 
-        ``grad`` defaults to ones (so a scalar loss needs none). Gradients add up over
-        calls, as in PyTorch: clear them with ``zero_grad``. Without ``retain_graph``
-        the graph's saved arrays are freed as the walk passes, and a second backward
-        through the same graph is an error.
+        ``grad`` (the gradient of the loss with respect to ``self``) may be left out
+        only for a one-element tensor, where it is 1, as in PyTorch. Gradients add up
+        over calls: clear them with ``zero_grad``. Without ``retain_graph`` the graph's
+        saved arrays are freed as the walk passes, and a second backward through the
+        same graph is an error.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
         xp = self.xp
         if grad is None:
+            if self.size != 1:
+                raise RuntimeError(f"backward() without grad needs a one-element tensor, got shape {self.shape}: "
+                                   "pass grad= (the gradient of the loss with respect to this tensor)")
             grad = xp.ones(self.shape, dtype=self.dtype)
         else:
             grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
@@ -234,6 +238,7 @@ class Tensor:
             if fn is None:
                 return
             if fn not in pending:
+                # Every function enters the walk here, once, so this one check covers the graph.
                 if getattr(fn, "inputs", None) is None:  # freed by an earlier backward
                     raise RuntimeError(_FREED)
                 pending[fn] = [None] * len(fn.output_meta)
@@ -242,14 +247,10 @@ class Tensor:
             i = tensor._output_index
             slot[i] = g if slot[i] is None else slot[i] + g
 
-        if getattr(self.creator, "inputs", None) is None:
-            raise RuntimeError(_FREED)
         send(self, grad)
         while heap:
             _, _, fn = heapq.heappop(heap)
-            inputs = getattr(fn, "inputs", None)
-            if inputs is None:
-                raise RuntimeError(_FREED)
+            inputs = fn.inputs
             out_grads = [
                 g if g is not None else xp.zeros(shape, dtype=dtype)
                 for g, (shape, dtype) in zip(pending.pop(fn), fn.output_meta)
