@@ -7,6 +7,7 @@ import pytest
 
 import tinyclip
 from tinyclip import backend
+from tinyclip import functional as F
 from tinyclip.tensor import Tensor
 
 
@@ -122,6 +123,17 @@ def test_to_device_cuda_without_gpu_raises(monkeypatch):
     monkeypatch.setattr(backend, "cupy", None)
     with pytest.raises(RuntimeError, match="cuda"):
         backend.to_device(np.zeros(2), "cuda")
+    with pytest.raises(RuntimeError, match="cuda"):
+        Tensor(np.zeros(2), requires_grad=True).to("cuda")
+
+
+def test_move_to_device_is_differentiable():
+    """The Function behind a cross-device ``to()``, run CPU to CPU: it is recorded and passes the gradient back."""
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = F.move_to_device(x, "cpu")
+    assert y.creator is not None and y.device == "cpu"
+    (y * y).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0])
 
 
 @pytest.mark.gpu
@@ -137,10 +149,12 @@ def test_cupy_round_trip():
     back = backend.to_numpy(g)
     assert isinstance(back, np.ndarray)
     np.testing.assert_array_equal(back, a)
-    t = Tensor(a, requires_grad=True).to("cuda")
+    x = Tensor(a, requires_grad=True)
+    t = x.to("cuda")
     assert t.device == "cuda" and t.xp is cupy and t.requires_grad
-    (t * t).sum().backward()
-    np.testing.assert_allclose(backend.to_numpy(t.grad), 2 * a)
+    (t * t).sum().backward()  # the move is in the graph: the gradient comes back to the CPU leaf
+    assert isinstance(x.grad, np.ndarray)
+    np.testing.assert_allclose(x.grad, 2 * a)
     assert t.to("cpu").device == "cpu"
 
 

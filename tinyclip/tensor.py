@@ -185,11 +185,13 @@ class Tensor:
         return Tensor(self.data)
 
     def to(self, device: str) -> "Tensor":
-        """A copy on ``cpu`` or ``cuda`` (the same tensor when already there)."""
-        data = backend.to_device(self.data, device)
-        if data is self.data:
+        """A copy on ``cpu`` or ``cuda`` (the same tensor when already there).
+
+        The copy stays in the graph: its gradient moves back to this tensor's device.
+        """
+        if backend.resolve_device(device) == self.device:
             return self
-        return Tensor(data, requires_grad=self.requires_grad)
+        return F.move_to_device(self, device)
 
     def astype(self, dtype) -> "Tensor":
         from .functional.arithmetic import cast

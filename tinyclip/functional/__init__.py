@@ -6,8 +6,8 @@ linear), ``shape`` (reshape, transpose, indexing, concatenate, split), ``reduce`
 dropout), ``embedding``, ``loss`` (softmax, cross-entropy) and ``attention``.
 """
 
-from .arithmetic import (add, cast, div, exp, gelu, linear, log, matmul, mul, neg, pow, relu,
-                         sigmoid, sqrt, sub, sum_to, tanh)
+from .arithmetic import (add, cast, div, exp, gelu, linear, log, matmul, move_to_device, mul, neg,
+                         pow, relu, sigmoid, sqrt, sub, sum_to, tanh)
 from .reduce import max, mean, sum, var
 from .shape import concatenate, getitem, reshape, split, stack, transpose
 from .conv import conv2d, max_pool2d

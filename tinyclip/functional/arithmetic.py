@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_array_module
+from ..backend import device_of, get_array_module, to_device
 from ..tensor import Function, Tensor, as_tensor
 
 
@@ -278,6 +278,20 @@ class Cast(Function):
         return gy.astype(self.x_dtype)
 
 
+class ToDevice(Function):
+    """y = x on another device (``cpu`` or ``cuda``);  the gradient moves back to x's device"""
+
+    def __init__(self, device):
+        self.device = device
+
+    def forward(self, x):
+        self.x_device = device_of(x)
+        return to_device(x, self.device)
+
+    def backward(self, gy):
+        return to_device(gy, self.x_device)
+
+
 def neg(x):
     return Neg()(x)
 
@@ -312,3 +326,7 @@ def gelu(x):
 
 def cast(x, dtype):
     return Cast(dtype)(x)
+
+
+def move_to_device(x, device):
+    return ToDevice(device)(x)
