@@ -194,8 +194,7 @@ class Tensor:
         return F.move_to_device(self, device)
 
     def astype(self, dtype) -> "Tensor":
-        from .functional.arithmetic import cast
-        return cast(self, dtype)
+        return F.cast(self, dtype)
 
     def retain_grad(self) -> None:
         """Keep ``.grad`` on this non-leaf tensor too (leaves always keep theirs)."""

@@ -23,7 +23,7 @@ def sum_to(grad, shape):
     return grad.reshape(shape) if lead else grad
 
 
-def _pair(a, b):
+def _operand_tensors(a, b):
     """Tensors of both operands; a Python number takes the other operand's dtype (float32 stays float32)."""
     if isinstance(a, Tensor):
         return a, as_tensor(b, like=a)
@@ -133,19 +133,19 @@ def _folded_matmul(a, b):
 
 
 def add(a, b):
-    return Add()(*_pair(a, b))
+    return Add()(*_operand_tensors(a, b))
 
 
 def sub(a, b):
-    return Sub()(*_pair(a, b))
+    return Sub()(*_operand_tensors(a, b))
 
 
 def mul(a, b):
-    return Mul()(*_pair(a, b))
+    return Mul()(*_operand_tensors(a, b))
 
 
 def div(a, b):
-    return Div()(*_pair(a, b))
+    return Div()(*_operand_tensors(a, b))
 
 
 def pow(x, exponent: float):
@@ -156,7 +156,7 @@ def pow(x, exponent: float):
 
 
 def matmul(a, b):
-    return MatMul()(*_pair(a, b))
+    return MatMul()(*_operand_tensors(a, b))
 
 
 def linear(x, weight, bias=None):

@@ -8,7 +8,7 @@ the concatenated pieces.
 from __future__ import annotations
 
 from ..backend import get_array_module, scatter_add
-from ..tensor import Function
+from ..tensor import Function, Tensor
 
 
 class Reshape(Function):
@@ -114,7 +114,6 @@ def transpose(x, axes=None):
 
 
 def getitem(x, index):
-    from ..tensor import Tensor
     if isinstance(index, Tensor):
         index = index.data
     elif isinstance(index, tuple):
