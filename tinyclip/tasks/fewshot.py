@@ -49,7 +49,6 @@ pixels, a baseline that needs no model), ``head_hidden`` ("128,64"), ``head_lr``
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from pathlib import Path
@@ -57,14 +56,11 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import manual_seed
-from ..data.chest_xray import gray_to_rgb, load_kermany, load_pneumoniamnist
-from ..data.images import default_cache_dir, load_images
-from ..data.synthetic import make_synthetic_chest_xray
 from . import TaskSkipped
 from .common import EvalContext
 from .heads import (accuracy, balanced_threshold, cached_arrays, cache_key, fit, linear_head, mlp_head,
                     model_fingerprint, predict, roc_auc, standardize)
-from .pneumonia import binary_scores
+from .pneumonia import binary_scores, chest_xray_source  # noqa: F401 (chest_xray_source: the data of both tasks)
 
 DEFAULT_SHOTS = (10, 20, 50, 100, 200, 500, 1000, "all")
 DEFAULT_SEEDS = 20        # draws at n <= SMALL_N, where draws differ most
@@ -73,8 +69,6 @@ SMALL_N = 200
 DEFAULT_VAL_N = 200       # the fixed validation part of the training folder (at most a fifth of it)
 VALIDATION_SEED = 10_000  # its sample's seed offset: apart from every draw's seed
 DEFAULT_HIDDEN = (128, 64)
-SYNTHETIC_TEST = 400  # the test set of the pneumonia zero-shot task too (same size, same seed offset)
-SYNTHETIC_TRAIN_SEED, SYNTHETIC_TEST_SEED = 1000, 2000
 FIGURE = "fewshot_accuracy.png"
 
 # The heads' training settings: a few hundred Adam steps take a second or two each.
@@ -141,59 +135,6 @@ def parse_seeds(value, base: int = 0) -> list:
 # ---------------------------------------------------------------------------
 # data and features
 # ---------------------------------------------------------------------------
-
-def _file_stamp(path) -> list:
-    st = os.stat(path)
-    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
-
-
-def chest_xray_source(options: dict, image_size: int, seed: int = 0, run_data: str = "synthetic") -> dict:
-    """Which chest X-rays to use: ``{"name", "key", "load"}``.
-
-    ``key`` describes the data cheaply (paths, sizes, modification times; no
-    decoding); ``load()`` returns ``(train_images, train_labels, test_images,
-    test_labels)`` with images uint8 ``(N, S, S, 3)``. Synthetic chest X-rays are
-    used only for a model trained on synthetic data (``run_data``); otherwise,
-    without ``chest_dir`` or ``pneumonia_npz``, the task is skipped.
-    """
-    if options.get("chest_dir"):
-        root = Path(options["chest_dir"])
-        train, test = load_kermany(root, "train"), load_kermany(root, "test")
-
-        def load():
-            parts = []
-            for frame, split in ((train, "train"), (test, "test")):
-                images, ok = load_images(list(frame["image"]), image_size,
-                                         cache_dir=options.get("cache_dir") or default_cache_dir())
-                if not ok.all():
-                    warnings.warn(f"skipped {int((~ok).sum())} undecodable {split} images in {root}")
-                parts += [np.asarray(images[ok]), frame["label"].to_numpy()[ok]]
-            return tuple(parts)
-
-        stamps = [os.stat(p).st_mtime_ns for p in list(train["image"]) + list(test["image"])]
-        key = ["kermany", str(root.resolve()), list(train["image"]), list(test["image"]), stamps, image_size]
-        return {"name": "kermany", "key": key, "load": load}
-    if options.get("pneumonia_npz"):
-        path = options["pneumonia_npz"]
-
-        def load():
-            data = load_pneumoniamnist(path)
-            return (gray_to_rgb(data["train_images"], image_size), data["train_labels"],
-                    gray_to_rgb(data["test_images"], image_size), data["test_labels"])
-
-        return {"name": "pneumoniamnist", "key": ["pneumoniamnist", _file_stamp(path), image_size], "load": load}
-    if run_data != "synthetic":
-        raise TaskSkipped("no chest X-rays: give --chest-dir (Kermany folder) or --pneumonia-npz (PneumoniaMNIST); "
-                          "synthetic ones are used only for runs trained on synthetic data")
-    n_train = int(options.get("synthetic_n", 1000))
-
-    def load():
-        train = make_synthetic_chest_xray(n_train, image_size, seed=seed + SYNTHETIC_TRAIN_SEED)
-        test = make_synthetic_chest_xray(SYNTHETIC_TEST, image_size, seed=seed + SYNTHETIC_TEST_SEED)
-        return (*train, *test)
-
-    return {"name": "synthetic", "key": ["synthetic", n_train, SYNTHETIC_TEST, image_size, seed], "load": load}
-
 
 def pixel_features(images: np.ndarray, side: int = 16) -> np.ndarray:
     """A model-free baseline: grey images averaged down to ``side × side`` blocks, flattened, in [0, 1].

@@ -21,11 +21,15 @@ statistic, and the majority-class baseline.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..data.chest_xray import gray_to_rgb, load_kermany, load_pneumoniamnist
+from ..data.images import default_cache_dir, load_images
+from ..data.synthetic import make_synthetic_chest_xray
 from ..io import read_json
 from . import TaskSkipped, figures, softmax
 from .heads import roc_auc
@@ -33,8 +37,8 @@ from .modality import class_vectors, embed_prompts
 
 CLASS_NAMES = ("normal", "pneumonia")
 DEFAULT_PROMPTS = {"normal": ["normal"], "pneumonia": ["pneumonia"]}
-SYNTHETIC_TEST = 400
-SYNTHETIC_SEED_OFFSET = 2000
+SYNTHETIC_TEST = 400  # the synthetic test set of this task and of the few-shot task
+SYNTHETIC_TRAIN_SEED, SYNTHETIC_TEST_SEED = 1000, 2000
 
 
 # ---------------------------------------------------------------------------
@@ -66,27 +70,66 @@ def binary_scores(labels, predictions) -> dict:
 # data and prompts
 # ---------------------------------------------------------------------------
 
+def _file_stamp(path) -> list:
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def chest_xray_source(options: dict, image_size: int, seed: int = 0, run_data: str = "synthetic",
+                      splits=("train", "test")) -> dict:
+    """Which chest X-rays the pneumonia and few-shot tasks use: ``{"name", "key", "load", "load_test"}``.
+
+    ``key`` describes the data cheaply (paths, sizes, modification times; no
+    decoding); ``load()`` returns ``(train_images, train_labels, test_images,
+    test_labels)``, ``load_test()`` only the last two, images uint8 ``(N, S, S, 3)``.
+    Synthetic chest X-rays are used only for a model trained on synthetic data
+    (``run_data``); otherwise, without ``chest_dir`` or ``pneumonia_npz``, the task is skipped.
+    A Kermany folder is listed only for ``splits`` (the zero-shot task needs no ``train/``).
+    """
+    if options.get("chest_dir"):
+        root = Path(options["chest_dir"])
+        frames = {split: load_kermany(root, split) for split in splits}
+
+        def load_split(split):
+            frame = frames[split]
+            images, ok = load_images(list(frame["image"]), image_size,
+                                     cache_dir=options.get("cache_dir") or default_cache_dir())
+            if not ok.all():
+                warnings.warn(f"skipped {int((~ok).sum())} undecodable {split} images in {root}")
+            return np.asarray(images[ok]), frame["label"].to_numpy()[ok]
+
+        lists = [list(frames[split]["image"]) for split in splits]
+        key = ["kermany", str(root.resolve()), *lists, [os.stat(p).st_mtime_ns for p in sum(lists, [])], image_size]
+        return {"name": "kermany", "key": key, "load": lambda: (*load_split("train"), *load_split("test")),
+                "load_test": lambda: load_split("test")}
+    if options.get("pneumonia_npz"):
+        path = options["pneumonia_npz"]
+
+        def load_split(split):
+            data = load_pneumoniamnist(path)
+            return gray_to_rgb(data[f"{split}_images"], image_size), data[f"{split}_labels"]
+
+        return {"name": "pneumoniamnist", "key": ["pneumoniamnist", _file_stamp(path), image_size],
+                "load": lambda: (*load_split("train"), *load_split("test")), "load_test": lambda: load_split("test")}
+    if run_data != "synthetic":
+        raise TaskSkipped("no chest X-rays: give --chest-dir (Kermany folder) or --pneumonia-npz (PneumoniaMNIST); "
+                          "synthetic ones are used only for runs trained on synthetic data")
+    n_train = int(options.get("synthetic_n", 1000))
+
+    def load_test():
+        return make_synthetic_chest_xray(SYNTHETIC_TEST, image_size, seed=seed + SYNTHETIC_TEST_SEED)
+
+    def load():
+        return (*make_synthetic_chest_xray(n_train, image_size, seed=seed + SYNTHETIC_TRAIN_SEED), *load_test())
+
+    return {"name": "synthetic", "key": ["synthetic", n_train, SYNTHETIC_TEST, image_size, seed], "load": load,
+            "load_test": load_test}
+
+
 def load_test_images(options: dict, image_size: int, run_data: str, seed: int = 0):
     """``(images uint8 (N, S, S, 3), labels int (N,), source name)``; see the module doc for the order."""
-    if options.get("chest_dir"):
-        from ..data.chest_xray import load_kermany
-        from ..data.images import default_cache_dir, load_images
-        frame = load_kermany(options["chest_dir"], "test")
-        images, ok = load_images(list(frame["image"]), image_size,
-                                 cache_dir=options.get("cache_dir") or default_cache_dir())
-        if not ok.all():
-            warnings.warn(f"skipped {int((~ok).sum())} undecodable images in {options['chest_dir']}")
-        return np.asarray(images[ok]), frame["label"].to_numpy()[ok], "kermany"
-    if options.get("pneumonia_npz"):
-        from ..data.chest_xray import gray_to_rgb, load_pneumoniamnist
-        data = load_pneumoniamnist(options["pneumonia_npz"])
-        return gray_to_rgb(data["test_images"], image_size), data["test_labels"], "pneumoniamnist"
-    if run_data == "synthetic":
-        from ..data.synthetic import make_synthetic_chest_xray
-        images, labels = make_synthetic_chest_xray(SYNTHETIC_TEST, image_size, seed=seed + SYNTHETIC_SEED_OFFSET)
-        return images, labels, "synthetic"
-    raise TaskSkipped("no chest X-rays: give --chest-dir (Kermany folder) or --pneumonia-npz (PneumoniaMNIST); "
-                      "synthetic ones are used only for runs trained on synthetic data")
+    source = chest_xray_source(options, image_size, seed, run_data, splits=("test",))
+    return (*source["load_test"](), source["name"])
 
 
 def parse_prompts(value) -> dict:
