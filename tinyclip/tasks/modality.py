@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import manual_seed
+from ..data.synthetic import MODALITIES  # the six the synthetic captions name; this task scores them
 from ..io import read_json
 from . import TaskSkipped, figures, softmax
 
-MODALITIES = ("ct", "mri", "ultrasound", "fluoroscopy", "xray", "angiography")
 OTHER = "other"  # a modality outside the six (PET, SPECT, scintigraphy, OCT, ophthalmic angiography)
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "modality.json"
 
