@@ -246,11 +246,6 @@ def predict(model, inputs, batch_size: int = 512, prepare=None) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """σ(x) = 1 / (1 + e^(-x)), written with tanh so that large |x| never overflows."""
-    return 0.5 + 0.5 * np.tanh(0.5 * np.asarray(x, dtype=np.float64))
-
-
 # ---------------------------------------------------------------------------
 # metrics (NumPy, by definition)
 # ---------------------------------------------------------------------------
