@@ -321,7 +321,7 @@ def torch_worker(spec: dict) -> dict:
         other = on_device(random_unit_rows(cfg["batch"], cfg["embed_dim"]))
         if row == "full step":
             params = list(model.parameters())
-            compute_loss = lambda: model.loss(images, ids, mask)  # noqa: E731
+            compute_loss = lambda: model(images, ids, mask)  # noqa: E731
         elif row == "image tower step":
             params = list(model.image_encoder.parameters()) + [model.logit_scale]
             compute_loss = lambda: ref.clip_loss(model.encode_image(images), other, model.logit_scale)  # noqa: E731

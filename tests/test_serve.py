@@ -236,7 +236,8 @@ def test_an_upload_gets_the_same_embedding_as_the_collection_image(server):
     by_id = {c["id"]: c["prob"] for c in own["captions"]}  # float32 batches of 1 and 128: near-ties may swap
     assert [c["prob"] for c in upload["captions"]] == pytest.approx([by_id[c["id"]] for c in upload["captions"]],
                                                                     rel=1e-3)
-    assert [z["prob"] for z in upload["zero_shot"]] == pytest.approx([z["prob"] for z in own["zero_shot"]])
+    assert [z["prob"] for z in upload["zero_shot"]] == pytest.approx([z["prob"] for z in own["zero_shot"]],
+                                                                 rel=1e-4)
 
 
 # ---------------------------------------------------------------------------
