@@ -414,12 +414,10 @@ def pretrain_images(args, model, objective, pool, log) -> list[dict]:
 # ---------------------------------------------------------------------------
 
 def _plot_losses(history, path: Path) -> None:
-    # A bare Figure on the Agg canvas: no pyplot, so no global backend switch in the caller's process.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """Training and validation loss per epoch, a 500 × 350 PNG at ``path``."""
+    from .tasks.figures import new_figure, save  # imports Matplotlib: only when a figure is drawn
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(5, 3.5))
-    FigureCanvasAgg(fig)
+    fig = new_figure(5, 3.5)
     ax = fig.add_subplot()
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
@@ -428,7 +426,7 @@ def _plot_losses(history, path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    save(fig, path, crop=False)
 
 
 def _write_metrics(history, path: Path) -> None:

@@ -25,14 +25,17 @@ WRONG = "#d73027"    # red: a wrong top answer
 
 
 def new_figure(width: float, height: float) -> Figure:
+    """A ``width × height`` inch Figure on the Agg canvas."""
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)  # attach the Agg renderer; pyplot is never involved
     return fig
 
 
-def save(fig: Figure, path, dpi: int = 100) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (temporary file + rename)."""
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+def save(fig: Figure, path, dpi: int = 100, crop: bool = True) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (temporary file + rename), cropped to what is drawn
+    unless ``crop`` is false (then the PNG is the figure's size times ``dpi``)."""
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi,
+                                                    bbox_inches="tight" if crop else None))
 
 
 def short(text: str, width: int = 40, lines: int = 2) -> str:
