@@ -33,25 +33,30 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         y = self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
-        return self.pool(relu(y + (x if self.skip is None else self.skip(x))))
+        return relu(self.pool(y + (x if self.skip is None else self.skip(x))))  # relu∘pool = pool∘relu: see report_block
 
 
 def report_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """The report's block: conv 3×3 (padding 1) → ReLU → max-pool 2, on (N, H, W, C_in) → (N, H/2, W/2, C_out)."""
+    """The report's block: conv 3×3 (padding 1) → ReLU → max-pool 2, on (N, H, W, C_in) → (N, H/2, W/2, C_out).
+
+    The ReLU runs after the pool: max and ReLU are both monotone, so relu(max(w)) = max(relu(w)) for
+    every window w, with the same gradient, on 4× fewer numbers (the layer indices, so the state dict, stay).
+    """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, channels_last=True),
-        nn.ReLU(),
         nn.MaxPool2d(2, channels_last=True),
+        nn.ReLU(),
     )
 
 
 def batchnorm_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """The report's block with a batch norm after the conv (which then needs no bias): conv → BN → ReLU → pool."""
+    """The report's block with a batch norm after the conv (which then needs no bias): conv → BN → ReLU → pool
+    (the ReLU computed after the pool, as in ``report_block``)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False, channels_last=True),
         nn.BatchNorm2d(out_channels, channels_last=True),
-        nn.ReLU(),
         nn.MaxPool2d(2, channels_last=True),
+        nn.ReLU(),
     )
 
 
