@@ -165,16 +165,16 @@ def test_float32_step_has_no_float64():
         assert p.grad is not None and p.grad.dtype == np.float32, name
 
 
-def test_embed_and_similarity_helpers():
+def test_embed_helpers_give_unit_embeddings_and_restore_the_mode():
     from tinyclip.text import Tokenizer
     captions = ["axial ct of the chest", "mri of the brain", "ultrasound of the liver"]
     tok = Tokenizer.fit(captions)
     config = CLIPConfig(**{**TINY, "vocab_size": tok.vocab_size})
     model = CLIP(config, tok)
     images = np.random.default_rng(0).integers(0, 255, size=(3, 16, 16, 3), dtype=np.uint8)
-    probs = model.similarity(images, captions)
-    assert probs.shape == (3, 3)
-    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    cos = model.embed_images(images) @ model.embed_texts(captions).T  # unit rows: cosine similarities
+    assert cos.shape == (3, 3) and np.all(np.abs(cos) <= 1 + 1e-5)
+    np.testing.assert_allclose(np.linalg.norm(model.embed_texts(captions), axis=1), 1, rtol=1e-5)
     assert model.training  # helpers restore the mode they found
     assert model.embed_images(images, batch_size=2).shape == (3, 12)
 
@@ -266,3 +266,21 @@ def test_batch_norm_towers_learn(tower):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_relu_after_the_pool_is_relu_before_it_bit_for_bit():
+    """The towers run ReLU after max-pool: the same values and input gradients as the report's order."""
+    from tinyclip import functional as F
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((3, 8, 8, 5)).astype(np.float32)
+    x0[0, :2, :2] = -np.abs(x0[0, :2, :2])  # a window with no positive value
+    gy = rng.standard_normal((3, 4, 4, 5)).astype(np.float32)
+    outs = []
+    for order in ("relu first", "pool first"):
+        x = Tensor(x0, requires_grad=True)
+        pool = lambda t: F.max_pool2d(t, 2, channels_last=True)  # noqa: E731
+        y = pool(F.relu(x)) if order == "relu first" else F.relu(pool(x))
+        y.backward(gy)
+        outs.append((y.data, x.grad))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
