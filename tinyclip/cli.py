@@ -44,3 +44,24 @@ nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
 nonnegative_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
 probability = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def int_list(value, low: int = 1) -> tuple:
+    """``"16,32,64"`` (or a sequence of integers) → ``(16, 32, 64)``; ValueError unless there is at least
+    one value and each is an integer >= ``low``."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        values = tuple(int(v) for v in parts if str(v).strip())
+    except (TypeError, ValueError):
+        values = ()
+    if not values or min(values) < low:
+        raise ValueError(f"expected comma-separated integers >= {low}, got {value!r}")
+    return values
+
+
+def positive_int_list(text: str) -> tuple:
+    """argparse ``type=`` for comma-separated positive integers, e.g. ``--conv-channels 16,32,64``."""
+    try:
+        return int_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

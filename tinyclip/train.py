@@ -33,7 +33,7 @@ import numpy as np
 
 from . import backend, distributed, nn, optim
 from .cli import (OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int,
-                  probability)
+                  positive_int_list, probability)
 from .checkpoint import load_checkpoint, restoring, save_checkpoint
 from .data.pairs import SOURCES, check_ids, fold_split, load_pairs, run_split
 from .data.augment import augment_caption, augment_images
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(set by --recipe) report: conv + ReLU + max-pool blocks; batchnorm: the same with a batch "
                         "norm after each conv; resnet: residual blocks with batch norm; all at the same widths")
     m.add_argument("--image-size", type=positive_int, default=defaults.image_size)
-    m.add_argument("--conv-channels", type=_int_list, default=defaults.conv_channels,
+    m.add_argument("--conv-channels", type=positive_int_list, default=defaults.conv_channels,
                    help="comma-separated channels of the conv blocks, e.g. 16,32,64,128,256")
     m.add_argument("--text-layers", type=positive_int, default=defaults.text_layers)
     m.add_argument("--width", type=positive_int, default=defaults.width, help="text tower width")
@@ -154,16 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe(recipe: dict) -> str:
     return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in recipe.items())
-
-
-def _int_list(text: str) -> tuple:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive channel counts, got {text!r}")
-    return values
 
 
 # ---------------------------------------------------------------------------
