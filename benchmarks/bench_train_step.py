@@ -5,6 +5,7 @@
     python benchmarks/bench_train_step.py --quick         # tiny sizes: a smoke test, seconds
     python benchmarks/bench_train_step.py --device cuda   # tinyclip on CuPy, torch on CUDA
     python benchmarks/bench_train_step.py --no-torch      # tinyclip alone
+    python benchmarks/bench_train_step.py --profile       # where the full step's time goes, op by op
 
 The reference workload is the model of the report: batch 64 of (3, 128, 128) images and
 64-token captions; five conv blocks 3→16→32→64→128→256; a 5-block post-norm text
@@ -39,6 +40,10 @@ step and confirms that the loss, every parameter and every gradient are float32;
 there it also loads tinyclip's weights into the PyTorch twin (``torch_reference.py``) and
 compares the loss and gradients in eval mode, so both sides are known to compute the same model.
 
+``--profile`` replaces the table by where the full step's time goes: every tinyclip Function's forward
+and backward, the optimizer step and the rest ("other"), clocked in the worker over the timed steps; and,
+with torch, the twin's step under ``torch.profiler`` (benchmarks/README.md explains both tables).
+
 Only the standard library is imported at the top: NumPy, tinyclip and torch are imported
 inside the worker subprocesses, after the thread variables are set.
 """
@@ -46,6 +51,8 @@ inside the worker subprocesses, after the thread variables are set.
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import importlib.util
 import json
 import os
@@ -224,20 +231,55 @@ def random_unit_rows(n: int, dim: int, seed: int = 1):
 # workers: one configuration each, in a fresh process
 # ---------------------------------------------------------------------------
 
+def tinyclip_model(cfg: dict):
+    """The benchmark's CLIP in tinyclip, seeded 0, on the worker's device (``TINYCLIP_DEVICE``)."""
+    import tinyclip
+    from tinyclip.models import CLIP, CLIPConfig
+    tinyclip.manual_seed(0)
+    return CLIP(CLIPConfig(**{k: cfg[k] for k in MODEL_KEYS}))
+
+
+def tinyclip_train_step(model, cfg: dict, device: str, row: str):
+    """``(step, optimizer)``: one training step of ``row`` (any row but inference) on fixed random inputs."""
+    from tinyclip import Tensor, no_grad, to_device
+    from tinyclip.models import clip_loss
+    from tinyclip.optim import Adam
+
+    images, ids, mask = make_inputs(cfg, cfg["batch"])
+    images, ids, mask = Tensor(to_device(images, device)), to_device(ids, device), to_device(mask, device)
+    other = Tensor(to_device(random_unit_rows(cfg["batch"], cfg["embed_dim"]), device))
+    if row == "full step":
+        params = list(model.parameters())
+        compute_loss = lambda: model.loss(images, ids, mask)  # noqa: E731
+    elif row == "image tower step":
+        params = list(model.image_encoder.parameters()) + [model.logit_scale]
+        compute_loss = lambda: clip_loss(model.encode_image(images), other, model.logit_scale)  # noqa: E731
+    else:
+        params = list(model.text_encoder.parameters()) + [model.logit_scale]
+        compute_loss = lambda: clip_loss(other, model.encode_text(ids, mask), model.logit_scale)  # noqa: E731
+    optimizer = Adam(params, lr=1e-4)
+
+    def step():
+        optimizer.zero_grad()
+        loss = compute_loss()
+        loss.backward()
+        with no_grad():
+            optimizer.step()
+        model.clamp_logit_scale()
+    return step, optimizer
+
+
 def tinyclip_worker(spec: dict) -> dict:
     """Time ``spec["rows"]`` (one row, except with --quick) in tinyclip; the peak memory after each row."""
     import numpy as np
 
     import tinyclip
-    from tinyclip import Tensor, no_grad
-    from tinyclip.models import CLIP, CLIPConfig, clip_loss
-    from tinyclip.optim import Adam
+    import tinyclip.models  # noqa: F401  (the imports the step needs, before the RSS reading)
+    import tinyclip.optim  # noqa: F401
     rss_after_import = peak_rss_bytes()
 
     cfg, device = spec["cfg"], spec["device"]
-    tinyclip.manual_seed(0)
-    model = CLIP(CLIPConfig(**{k: cfg[k] for k in MODEL_KEYS}))
-    on_device = lambda a: tinyclip.to_device(a, device)  # noqa: E731
+    model = tinyclip_model(cfg)
     peak = {"bytes": 0}
     if device == "cuda":
         import cupy
@@ -251,34 +293,13 @@ def tinyclip_worker(spec: dict) -> dict:
 
     def time_row(row):
         if row == "inference":
-            images, ids, mask = (on_device(a) for a in make_inputs(cfg, cfg["infer_n"]))
+            images, ids, mask = (tinyclip.to_device(a, device) for a in make_inputs(cfg, cfg["infer_n"]))
 
             def run():  # embed_images / embed_texts switch to eval mode and no_grad themselves
                 model.embed_images(images, batch_size=cfg["infer_batch"])
                 model.embed_texts((ids, mask), batch_size=cfg["infer_batch"])
             return time_calls(run, 1, spec["infer_steps"], sync, sample_memory)
-
-        images, ids, mask = make_inputs(cfg, cfg["batch"])
-        images, ids, mask = Tensor(on_device(images)), on_device(ids), on_device(mask)
-        other = Tensor(on_device(random_unit_rows(cfg["batch"], cfg["embed_dim"])))
-        if row == "full step":
-            params = list(model.parameters())
-            compute_loss = lambda: model.loss(images, ids, mask)  # noqa: E731
-        elif row == "image tower step":
-            params = list(model.image_encoder.parameters()) + [model.logit_scale]
-            compute_loss = lambda: clip_loss(model.encode_image(images), other, model.logit_scale)  # noqa: E731
-        else:
-            params = list(model.text_encoder.parameters()) + [model.logit_scale]
-            compute_loss = lambda: clip_loss(other, model.encode_text(ids, mask), model.logit_scale)  # noqa: E731
-        optimizer = Adam(params, lr=1e-4)
-
-        def step():
-            optimizer.zero_grad()
-            loss = compute_loss()
-            loss.backward()
-            with no_grad():
-                optimizer.step()
-            model.clamp_logit_scale()
+        step, _ = tinyclip_train_step(model, cfg, device, row)
         return time_calls(step, spec["warmup"], spec["steps"], sync, sample_memory)
 
     rows = {}
@@ -288,23 +309,57 @@ def tinyclip_worker(spec: dict) -> dict:
     return {"rows": rows, "rss_after_import": rss_after_import, "version": f"numpy {np.__version__}"}
 
 
-def torch_worker(spec: dict) -> dict:
-    """The same rows with the PyTorch twin of the model (``torch_reference.CLIP``)."""
+def torch_model(spec: dict):
+    """The PyTorch twin of the model (``torch_reference.CLIP``), seeded 0, on the device, torch's threads set."""
     import torch
 
     import torch_reference as ref
     torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    return ref.CLIP(argparse.Namespace(**spec["cfg"])).to(spec["device"])
+
+
+def torch_train_step(model, cfg: dict, device: str, row: str):
+    """One training step of ``row`` in PyTorch, as ``tinyclip_train_step`` does it."""
+    import torch
+
+    import torch_reference as ref
+    images, ids, mask = (torch.from_numpy(a).to(device) for a in make_inputs(cfg, cfg["batch"]))
+    other = torch.from_numpy(random_unit_rows(cfg["batch"], cfg["embed_dim"])).to(device)
+    if row == "full step":
+        params = list(model.parameters())
+        compute_loss = lambda: model(images, ids, mask)  # noqa: E731
+    elif row == "image tower step":
+        params = list(model.image_encoder.parameters()) + [model.logit_scale]
+        compute_loss = lambda: ref.clip_loss(model.encode_image(images), other, model.logit_scale)  # noqa: E731
+    else:
+        params = list(model.text_encoder.parameters()) + [model.logit_scale]
+        compute_loss = lambda: ref.clip_loss(other, model.encode_text(ids, mask), model.logit_scale)  # noqa: E731
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = compute_loss()
+        loss.backward()
+        optimizer.step()
+        model.clamp_logit_scale()
+    return step
+
+
+def torch_worker(spec: dict) -> dict:
+    """The same rows with the PyTorch twin of the model (``torch_reference.CLIP``)."""
+    import torch
+
+    import torch_reference  # noqa: F401  (the imports the step needs, before the RSS reading)
     rss_after_import = peak_rss_bytes()
 
     cfg, device = spec["cfg"], spec["device"]
-    torch.manual_seed(0)
-    model = ref.CLIP(argparse.Namespace(**cfg)).to(device)
-    on_device = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    model = torch_model(spec)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def time_row(row):
         if row == "inference":
-            images, ids, mask = (on_device(a) for a in make_inputs(cfg, cfg["infer_n"]))
+            images, ids, mask = (torch.from_numpy(a).to(device) for a in make_inputs(cfg, cfg["infer_n"]))
             size = cfg["infer_batch"]
 
             def run():  # as tinyclip's embed_images / embed_texts: eval mode, no graph, batches
@@ -316,27 +371,7 @@ def torch_worker(spec: dict) -> dict:
                         model.encode_text(ids[i:i + size], mask[i:i + size]).cpu()
                 model.train()
             return time_calls(run, 1, spec["infer_steps"], sync)
-
-        images, ids, mask = (on_device(a) for a in make_inputs(cfg, cfg["batch"]))
-        other = on_device(random_unit_rows(cfg["batch"], cfg["embed_dim"]))
-        if row == "full step":
-            params = list(model.parameters())
-            compute_loss = lambda: model(images, ids, mask)  # noqa: E731
-        elif row == "image tower step":
-            params = list(model.image_encoder.parameters()) + [model.logit_scale]
-            compute_loss = lambda: ref.clip_loss(model.encode_image(images), other, model.logit_scale)  # noqa: E731
-        else:
-            params = list(model.text_encoder.parameters()) + [model.logit_scale]
-            compute_loss = lambda: ref.clip_loss(other, model.encode_text(ids, mask), model.logit_scale)  # noqa: E731
-        optimizer = torch.optim.Adam(params, lr=1e-4)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            loss = compute_loss()
-            loss.backward()
-            optimizer.step()
-            model.clamp_logit_scale()
-        return time_calls(step, spec["warmup"], spec["steps"], sync)
+        return time_calls(torch_train_step(model, cfg, device, row), spec["warmup"], spec["steps"], sync)
 
     rows = {}
     for row in spec["rows"]:
@@ -354,12 +389,10 @@ def check_worker(spec: dict) -> dict:
 
     import tinyclip
     from tinyclip import Tensor, no_grad
-    from tinyclip.models import CLIP, CLIPConfig
     from tinyclip.optim import Adam
 
     cfg, device = spec["cfg"], spec["device"]
-    tinyclip.manual_seed(0)
-    model = CLIP(CLIPConfig(**{k: cfg[k] for k in MODEL_KEYS}))
+    model = tinyclip_model(cfg)
     images, ids, mask = make_inputs(cfg, cfg["batch"])
     on_device = lambda a: tinyclip.to_device(a, device)  # noqa: E731
     lines = []
@@ -414,6 +447,178 @@ def check_worker(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# --profile: where the full step's time goes, op by op
+# ---------------------------------------------------------------------------
+
+class OpClock:
+    """Exclusive wall time and calls per key: time spent in a timed call nested inside another counts
+    for the inner one only, so the keys' times add up to at most the time measured around them.
+
+    ``sync`` waits for the GPU before each clock read, so an op's asynchronous kernels are charged to it.
+    """
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.seconds, self.calls = collections.Counter(), collections.Counter()
+        self._open = []  # the timed calls in progress: [key, owner, seconds spent in calls nested in it]
+
+    def call(self, key, owner, fn, *args):
+        if self._open and self._open[-1][0] == key and self._open[-1][1] is owner:
+            return fn(*args)  # Mean.backward calling Sum.backward through super(): still the one op
+        frame = [key, owner, 0.0]
+        self._open.append(frame)
+        self.sync()
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.sync()
+            elapsed = time.perf_counter() - start
+            self._open.pop()
+            self.seconds[key] += elapsed - frame[2]
+            self.calls[key] += 1
+            if self._open:
+                self._open[-1][2] += elapsed
+
+    def reset(self):
+        self.seconds.clear()
+        self.calls.clear()
+
+
+def clock_functions(clock: OpClock) -> None:
+    """Put every tinyclip Function's forward and backward on ``clock``, keyed (class name, phase).
+
+    Forward is timed at ``Function.__call__``, which every op goes through (so it includes wrapping the
+    outputs in Tensors); backward at each class's own ``backward``, which the graph walk calls.
+    """
+    from tinyclip.tensor import Function
+
+    def timed(method, phase):
+        return lambda self, *args: clock.call((type(self).__name__, phase), self, method, self, *args)
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    Function.__call__ = timed(Function.__call__, "forward")
+    for cls in set(subclasses(Function)):
+        if "backward" in vars(cls):
+            cls.backward = timed(vars(cls)["backward"], "backward")
+
+
+def tinyclip_profile_worker(spec: dict) -> dict:
+    """The full step in tinyclip, every op's forward and backward and the optimizer step clocked, over the
+    timed steps (the clock restarts after the warm-up)."""
+    cfg, device = spec["cfg"], spec["device"]
+    if device == "cuda":
+        import cupy
+        sync = cupy.cuda.Device().synchronize
+    else:
+        sync = lambda: None  # noqa: E731
+    model = tinyclip_model(cfg)
+    step, optimizer = tinyclip_train_step(model, cfg, device, "full step")
+    clock = OpClock(sync)
+    clock_functions(clock)
+    name = f"{type(optimizer).__name__}.step"
+    optimizer.step = functools.partial(clock.call, (name, "optimizer"), optimizer, optimizer.step)
+    time_calls(step, spec["warmup"], 0, sync)
+    clock.reset()
+    times = time_calls(step, 0, spec["steps"], sync)
+    entries = [[op, phase, clock.seconds[op, phase], clock.calls[op, phase]] for op, phase in clock.seconds]
+    return {"times": times, "entries": entries}
+
+
+def torch_profile_worker(spec: dict) -> dict:
+    """The full step in PyTorch under ``torch.profiler`` over the timed steps: each op's self time
+    (on the CPU; with CUDA, the kernels' self time on the GPU) and calls."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg, device = spec["cfg"], spec["device"]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    step = torch_train_step(torch_model(spec), cfg, device, "full step")
+    time_calls(step, spec["warmup"], 0, sync)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        times = time_calls(step, 0, spec["steps"], sync)
+    attribute = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    entries = [[event.key, "self", getattr(event, attribute) / 1e6, event.count] for event in prof.key_averages()]
+    return {"times": times, "entries": [e for e in entries if e[2] > 0]}
+
+
+def mean_step_ms(result: dict) -> float:
+    """The mean of a profile worker's timed steps, in ms: the denominator of its table's shares."""
+    return 1000 * sum(result["times"]) / len(result["times"])
+
+
+def fmt_calls(calls: float) -> str:
+    return f"{calls:.0f}" if calls == int(calls) else f"{calls:.1f}"
+
+
+def tinyclip_profile_table(result: dict) -> str:
+    """One row per op (forward and backward ms per step), the optimizer step, and the rest of the step as
+    "other"; sorted by time, the shares add up to 100%."""
+    steps, step_ms = len(result["times"]), mean_step_ms(result)
+    ops = collections.defaultdict(dict)  # op -> phase -> (ms per step, calls per step)
+    for op, phase, seconds, calls in result["entries"]:
+        ops[op][phase] = (1000 * seconds / steps, calls / steps)
+    rows = []
+    for op, phases in ops.items():
+        ms = sum(m for m, _ in phases.values())
+        if "optimizer" in phases:
+            cells = [f"{op} (optimizer)", fmt_calls(phases["optimizer"][1]), "—", "—"]
+        else:
+            forward, backward = phases.get("forward", (0.0, 0)), phases.get("backward", (0.0, 0))
+            cells = [op, f"{fmt_calls(forward[1])}/{fmt_calls(backward[1])}", fmt_ms(forward[0]), fmt_ms(backward[0])]
+        rows.append((ms, cells))
+    rows.sort(key=lambda row: -row[0])
+    other = step_ms - sum(ms for ms, _ in rows)
+    other_cells = ["other (outside any op: the backward walk, its gradient sums and leaf .grad copies, zero_grad, "
+                   "clamp)", "", "—", "—"]
+    rows.append((other, other_cells))
+    header = ["op", "calls per step fwd/bwd", "fwd ms per step", "bwd ms per step", "ms per step", "share of step"]
+    return markdown_table(header, [cells + [fmt_ms(ms), f"{100 * ms / step_ms:.1f}%"] for ms, cells in rows])
+
+
+def torch_profile_table(result: dict, top: int = 20) -> str:
+    """The ``top`` ops by self time, the rest summed in one row, and the step time outside any op."""
+    steps, step_ms = len(result["times"]), mean_step_ms(result)
+    ops = sorted(((1000 * seconds / steps, op, calls / steps) for op, _, seconds, calls in result["entries"]),
+                 reverse=True)
+    rows = [[op, fmt_calls(calls), ms] for ms, op, calls in ops[:top]]
+    if len(ops) > top:
+        rows.append([f"{len(ops) - top} more ops", fmt_calls(sum(c for _, _, c in ops[top:])),
+                     sum(ms for ms, _, _ in ops[top:])])
+    rows.append(["other (outside any op)", "", step_ms - sum(ms for ms, _, _ in ops)])
+    header = ["torch op", "calls per step", "self ms per step", "share of step"]
+    return markdown_table(header, [[op, calls, fmt_ms(ms), f"{100 * ms / step_ms:.1f}%"] for op, calls, ms in rows])
+
+
+def profile(args, base: dict, use_torch: bool) -> None:
+    """--profile: one worker per framework on the full step, then the table of each."""
+    for fw in ["tinyclip"] + (["torch"] if use_torch else []):
+        result = run_worker(Path(__file__), dict(base, framework=f"{fw} profile"))
+        steps, step_ms = len(result["times"]), fmt_ms(mean_step_ms(result))
+        print()
+        if fw == "tinyclip":
+            print(f"tinyclip full step, profiled: {step_ms} ms per step, mean of "
+                  f"{steps} steps after {args.warmup} warm-up (the clock on every op adds to it; on a GPU it also "
+                  "synchronises around every op). Exclusive time: an op run inside another op counts once, for itself.")
+            print()
+            print(tinyclip_profile_table(result))
+        else:
+            what = "the kernels' self time on the GPU" if args.device == "cuda" else "self CPU time"
+            print(f"torch full step under torch.profiler: {step_ms} ms per step, "
+                  f"mean of {steps} steps after {args.warmup} warm-up; {what} per op (the backward ones are "
+                  "aten::*_backward and the like; Optimizer.* rows are the optimizer's own Python)")
+            print()
+            print(torch_profile_table(result))
+    print()
+    print(f"Load average {load_average()} at the end.")
+
+
+# ---------------------------------------------------------------------------
 # the driver: rounds of alternating subprocesses, then one table
 # ---------------------------------------------------------------------------
 
@@ -429,6 +634,9 @@ def parse_args(argv=None):
                         help="rounds of alternating tinyclip/torch subprocesses (default 2, quick 1)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     parser.add_argument("--no-torch", action="store_true", help="tinyclip alone, even when torch is installed")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the table: the full step's time per op, forward and backward "
+                             "(and torch.profiler's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one configuration (JSON spec)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -445,7 +653,9 @@ def main(argv=None) -> None:
         spec = json.loads(args.worker)
         result = check_worker(spec) if spec.get("check") else {}
         if spec["framework"] != "check":
-            result.update({"tinyclip": tinyclip_worker, "torch": torch_worker}[spec["framework"]](spec))
+            workers = {"tinyclip": tinyclip_worker, "torch": torch_worker,
+                       "tinyclip profile": tinyclip_profile_worker, "torch profile": torch_profile_worker}
+            result.update(workers[spec["framework"]](spec))
         report(result)
         return
 
@@ -460,12 +670,17 @@ def main(argv=None) -> None:
             "infer_steps": args.infer_steps}
 
     print(f"# tinyclip training-step benchmark ({'quick sizes' if args.quick else 'reference workload'})")
-    print(f"device {args.device}, {args.threads} thread(s), batch {cfg['batch']}, images {cfg['image_size']}², "
-          f"conv {cfg['conv_channels']}, text {cfg['text_layers']} blocks × width {cfg['width']}, "
-          f"seq {cfg['max_len']}, vocab {cfg['vocab_size']}; median of {args.steps} steps after {args.warmup} "
-          f"warm-up × {args.rounds} round(s); load average {load_average()} at the start")
+    sizes = (f"device {args.device}, {args.threads} thread(s), batch {cfg['batch']}, images {cfg['image_size']}², "
+             f"conv {cfg['conv_channels']}, text {cfg['text_layers']} blocks × width {cfg['width']}, "
+             f"seq {cfg['max_len']}, vocab {cfg['vocab_size']}")
+    timing = (f"profile of the full step over {args.steps} steps after {args.warmup} warm-up" if args.profile else
+              f"median of {args.steps} steps after {args.warmup} warm-up × {args.rounds} round(s)")
+    print(f"{sizes}; {timing}; load average {load_average()} at the start")
     if not use_torch:
         print("torch is not " + ("used (--no-torch)" if args.no_torch else "installed") + ": tinyclip alone")
+    if args.profile:
+        profile(args, base, use_torch)
+        return
     if args.quick:
         print("--quick: all rows run in one subprocess per framework, so the peak memory column is cumulative")
     # The check runs first, in its own subprocess; --quick saves a second torch start-up (seconds) by

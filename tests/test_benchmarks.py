@@ -55,3 +55,36 @@ def test_ops_without_torch_has_no_torch_column():
     header = table_header(out)
     assert "torch" not in header
     assert "linear" in out and "cross_entropy" in out
+
+
+def profile_rows(output, header_start):
+    """The body rows of the markdown table whose header starts with ``header_start``, as lists of cells."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("| "):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_train_step_profile_quick():
+    out = run_script("bench_train_step.py", "--profile", "--no-torch")
+    rows = profile_rows(out, "| op | calls per step fwd/bwd |")
+    names = [row[0] for row in rows]
+    assert "Conv2d" in names and "LayerNorm" in names and "Adam.step (optimizer)" in names
+    assert names[-1].startswith("other")
+    conv = rows[names.index("Conv2d")]
+    assert conv[1] == "2/2"  # --quick has two conv blocks, each run forward and backward once per step
+    assert sum(float(row[-1].rstrip("%")) for row in rows) == pytest.approx(100, abs=1.5)  # shares rounded to 0.1%
+    assert "torch op" not in out and "| row |" not in out
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the torch.profiler table needs torch")
+def test_train_step_profile_quick_torch_table():
+    out = run_script("bench_train_step.py", "--profile")
+    rows = profile_rows(out, "| torch op |")
+    names = [row[0] for row in rows]
+    assert any(name.startswith("aten::") for name in names) and names[-1].startswith("other")
+    assert sum(float(row[-1].rstrip("%")) for row in rows) == pytest.approx(100, abs=2.5)
