@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --checkpoint init RUN_DIR/eval-init)")
     d = p.add_argument_group("evaluation pairs")
     d.add_argument("--split", choices=("test", "all"), default="test",
-                   help="test: the test part of the run's own split (default); all: every pair of --data/--data-dir")
+                   help="test: the test part of the run's own split; all: every pair of --data/--data-dir "
+                        "(default: test)")
     d.add_argument("--data", choices=("synthetic", "roco"),
                    help="data source for --split all (default: the run's)")
     d.add_argument("--data-dir", metavar="DIR",
@@ -136,10 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache-dir", help="decoded-image cache (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
     r = p.add_argument_group("running")
     r.add_argument("--device", choices=backend.DEVICES, default=os.environ.get("TINYCLIP_DEVICE", "auto").lower(),
-                   help="cpu (NumPy) or cuda (CuPy); the default comes from $TINYCLIP_DEVICE")
-    r.add_argument("--batch-size", type=positive_int, default=128, help="images/captions embedded at once")
-    r.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the tasks' own randomness (samples, heads)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar while decoding images")
+                   help="cpu (NumPy), cuda (CuPy) or auto: cuda when CuPy sees a GPU (default: $TINYCLIP_DEVICE, "
+                        "else auto)")
+    r.add_argument("--batch-size", type=positive_int, default=128, help="images/captions embedded at once (default: 128)")
+    r.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the tasks' own randomness (samples, heads) (default: 0)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar while decoding images (default: off)")
     t = p.add_argument_group("task options")
     t.add_argument("--prompts", metavar="FILE", help="modality: JSON prompt sets {set: {class: [prompts]}} "
                    "(default: tinyclip/prompts/modality.json)")
@@ -149,13 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--chest-dir", metavar="DIR", help="pneumonia-zeroshot, fewshot: Kermany chest_xray folder "
                    "(train/, test/ with NORMAL/ and PNEUMONIA/)")
     t.add_argument("--pneumonia-npz", metavar="FILE", help="pneumonia-zeroshot, fewshot: pneumoniamnist.npz")
-    t.add_argument("--shots", help="fewshot: labelled images per run, e.g. 10,20,50,all")
-    t.add_argument("--seeds", help="fewshot: draws per n up to 200, a count (default 20) or a list of seeds "
-                   "(e.g. 0,1,2); larger n use the first --option seeds_large=K (default 5)")
-    t.add_argument("--top-k", type=positive_int, help="cui: number of concept classes")
+    t.add_argument("--shots", help="fewshot: labelled images per run, comma-separated counts or all "
+                   "(default: 10,20,50,100,200,500,1000,all)")
+    t.add_argument("--seeds", help="fewshot: draws per n up to 200, a count or a list of seeds (e.g. 0,1,2); "
+                   "larger n use the first K of them, --option seeds_large=K, 5 if not given (default: 20)")
+    t.add_argument("--top-k", type=positive_int, help="cui: number of concept classes (default: 10)")
     t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help=f"any other task option (repeatable), e.g. --option head_steps=100; one of: "
-                        f"{', '.join(OPTIONS)}")
+                        f"{', '.join(OPTIONS)} (default: none)")
     return p
 
 

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tinyclip.train",
         description="Train tinyclip's CLIP model (CNN image tower + transformer text tower) with the symmetric "
                     "contrastive loss. Writes checkpoints (last, best), metrics.csv and loss_curve.png to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--data", choices=SOURCES, default="synthetic",
                    help="synthetic: generated radiology-like pairs, nothing to download; roco: a ROCO folder")
@@ -90,18 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs without a better --select score (0: never stop early)")
     t.add_argument("--seed", type=nonnegative_int, default=0, help="seed of initialisation, dropout, shuffling and synthetic data")
     t.add_argument("--device", choices=backend.DEVICES, default=os.environ.get("TINYCLIP_DEVICE", "auto").lower(),
-                   help="cpu (NumPy) or cuda (CuPy); the default comes from $TINYCLIP_DEVICE")
+                   help="cpu (NumPy), cuda (CuPy) or auto: cuda when CuPy sees a GPU (default: $TINYCLIP_DEVICE, "
+                        "else auto)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel on the ranks of mpiexec (the mpi extra): each rank takes its shard of every "
                         "global --batch-size batch; only rank 0 writes")
-    r = p.add_argument_group("recipe", "--recipe sets every flag of this group; a flag given explicitly wins. "
-                             "report: " + _describe(RECIPES["report"]) + ". small-data: "
-                             + _describe(RECIPES["small-data"]))
-    r.add_argument("--recipe", choices=tuple(RECIPES), help="default: " + ", ".join(
-        f"{name} for --data {data}" for data, name in DEFAULT_RECIPE.items()))
-    r.add_argument("--optimizer", choices=("adam", "adamw"))
+    r = p.add_argument_group("recipe", "Every flag of this group, and --image-tower, takes its --recipe value "
+                             "unless given explicitly.")
+    r.add_argument("--recipe", choices=tuple(RECIPES), help="report: the report's training; small-data: the "
+                   "combination measured best on a few thousand real pairs (default: " + ", ".join(
+                       f"{name} for --data {data}" for data, name in DEFAULT_RECIPE.items()) + ")")
+    r.add_argument("--optimizer", choices=("adam", "adamw"), help="adam: weight decay as an L2 term in the "
+                   "gradient; adamw: decoupled weight decay")
     r.add_argument("--lr", type=positive_float, help="peak learning rate")
     r.add_argument("--weight-decay", type=nonnegative_float, help="on weight matrices and kernels only (never on "
                    "biases, norm gains or the logit scale)")
@@ -137,23 +139,54 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     defaults = CLIPConfig()
     m.add_argument("--image-tower", choices=IMAGE_TOWERS,
-                   help="(set by --recipe) report: conv + ReLU + max-pool blocks; batchnorm: the same with a batch "
+                   help="report: conv + ReLU + max-pool blocks; batchnorm: the same with a batch "
                         "norm after each conv; resnet: residual blocks with batch norm; all at the same widths")
-    m.add_argument("--image-size", type=positive_int, default=defaults.image_size)
+    m.add_argument("--image-size", type=positive_int, default=defaults.image_size,
+                   help="image side in pixels, divisible by 2 ** (number of conv blocks)")
     m.add_argument("--conv-channels", type=positive_int_list, default=defaults.conv_channels,
-                   help="comma-separated channels of the conv blocks, e.g. 16,32,64,128,256")
-    m.add_argument("--text-layers", type=positive_int, default=defaults.text_layers)
+                   help="comma-separated channels of the conv blocks, one halving of the image each")
+    m.add_argument("--text-layers", type=positive_int, default=defaults.text_layers, help="text transformer blocks")
     m.add_argument("--width", type=positive_int, default=defaults.width, help="text tower width")
-    m.add_argument("--heads", type=positive_int, default=defaults.heads)
-    m.add_argument("--ff-dim", type=positive_int, default=defaults.ff_dim)
-    m.add_argument("--dropout", type=probability, default=defaults.dropout)
-    m.add_argument("--embed-dim", type=positive_int, default=defaults.embed_dim)
-    m.add_argument("--max-len", type=positive_int, default=defaults.max_len)
+    m.add_argument("--heads", type=positive_int, default=defaults.heads, help="attention heads (must divide --width)")
+    m.add_argument("--ff-dim", type=positive_int, default=defaults.ff_dim, help="hidden width of the text "
+                   "feed-forward layers")
+    m.add_argument("--dropout", type=probability, default=defaults.dropout, help="dropout in the text tower")
+    m.add_argument("--embed-dim", type=positive_int, default=defaults.embed_dim, help="width of the shared "
+                   "embedding space")
+    m.add_argument("--max-len", type=positive_int, default=defaults.max_len, help="caption tokens kept, longer "
+                   "captions are cut")
     return p
 
 
-def _describe(recipe: dict) -> str:
-    return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in recipe.items())
+class _HelpFormatter(argparse.HelpFormatter):
+    """Ends each option's help with its default, once and in the form the flag accepts: a recipe flag's
+    values by recipe, ``off`` for a switch; nothing where the help says it already or there is none."""
+
+    def _get_help_string(self, action):
+        if "default:" in action.help:
+            return action.help
+        if action.dest in RECIPE_FLAGS:
+            return f"{action.help} (default from --recipe: {_describe(action.dest)})"
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return f"{action.help} (default: {_as_flag_value(action.default)})"
+
+
+def _describe(flag: str) -> str:
+    """The values the recipes give ``flag``: ``report=5e-05, small-data=0.0005``, or ``0.5 in both``."""
+    values = {name: recipe[flag] for name, recipe in RECIPES.items()}
+    if len(set(values.values())) == 1:
+        return f"{next(iter(values.values()))} in both"
+    return ", ".join(f"{name}={value}" for name, value in values.items())
+
+
+def _as_flag_value(value) -> str:
+    """A default as the command line would write it: ``16,32,64`` for a tuple, ``off`` for a switch."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 # ---------------------------------------------------------------------------
