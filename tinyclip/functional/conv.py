@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from ..backend import get_array_module
-from ..tensor import Function, is_grad_enabled
+from ..tensor import Function
 
 
 def _pair(value) -> tuple:
@@ -185,9 +185,8 @@ class Conv2d(Function):
         if bias is not None:
             y += bias
 
-        if is_grad_enabled() and any(self.needs_input_grad):
-            self.x, self.w_mat = x, w_mat
-            self.kernel, self.has_bias = (kh, kw), bias is not None
+        self.x, self.w_mat = x, w_mat
+        self.kernel, self.has_bias = (kh, kw), bias is not None
         y = y.reshape(N, Ho, Wo, O)
         return y if self.channels_last else xp.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
