@@ -43,16 +43,20 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) 
 
 
 # ---------------------------------------------------------------------------
-# one scratch buffer for the patch matrix
+# one scratch buffer for the patch matrix and its gradient
 # ---------------------------------------------------------------------------
 
 class _Scratch:
-    """The patch matrix's memory, reused by every conv2d call (NumPy only; CuPy pools its own).
+    """The memory of conv2d's biggest temporaries, reused by every call (NumPy only; CuPy pools its own).
 
     The patch matrix is a step's biggest temporary (≈ 150 MB at the reference sizes), and a
     fresh one costs ≈ 15 ms of page faults. conv2d never needs two at once: forward uses it for
     one product, and backward rebuilds it with im2col (cheap next to the matmuls) instead of
     keeping every layer's alive from forward to backward, which would add ≈ 250 MB to the peak.
+    Backward's dcols, the same size, goes into the same memory.
+
+    The rule that keeps this safe: every ``get`` overwrites what the previous one returned, so
+    a view is filled and consumed before the next ``get``, never held across one.
     """
 
     def __init__(self):
@@ -69,16 +73,8 @@ class _Scratch:
             buffer = self.buffers[key] = xp.empty(size, dtype=dtype)
         return buffer[:size].reshape(shape)
 
-    def clear(self) -> None:
-        self.buffers.clear()
-
 
 _scratch = _Scratch()
-
-
-def clear_workspace() -> None:
-    """Free the scratch buffer that conv2d keeps between calls."""
-    _scratch.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -196,13 +192,14 @@ class Conv2d(Function):
             gy = gy.transpose(0, 2, 3, 1)
         O = gy.shape[-1]
         gy = gy.reshape(-1, O)  # (N·Ho·Wo, O); a copy when gy came in NCHW
-        # The patch matrix again, into the shared scratch buffer (see _Scratch).
         kh, kw = self.kernel
-        cols = im2col(self.x, self.kernel, self.stride, self.padding,
-                      out=_scratch.get(xp, (gy.shape[0], kh * kw * self.x.shape[-1]), gy.dtype))
+        cols_shape = (gy.shape[0], kh * kw * self.x.shape[-1])
 
+        # The patch matrix and dcols take turns in the one scratch buffer (see _Scratch): each
+        # block below fills it and is done with it before the other starts, in either order.
         gx = gw = gb = None
         if self.needs_input_grad[1]:
+            cols = im2col(self.x, self.kernel, self.stride, self.padding, out=_scratch.get(xp, cols_shape, gy.dtype))
             # (kh·kw·C, O). Not gyᵀ @ cols = (O, kh·kw·C): OpenBLAS runs that long thin product
             # up to 10× slower on 2 threads (benchmarks/bench_conv.py --layouts).
             gw_mat = cols.T @ gy
@@ -210,8 +207,7 @@ class Conv2d(Function):
         if self.has_bias and self.needs_input_grad[2]:
             gb = gy.sum(axis=0)
         if self.needs_input_grad[0]:
-            # cols is no longer needed, so dcols is written over it.
-            dcols = xp.matmul(gy, self.w_mat, out=cols)
+            dcols = xp.matmul(gy, self.w_mat, out=_scratch.get(xp, cols_shape, gy.dtype))
             gx = col2im(dcols, self.x.shape, self.kernel, self.stride, self.padding)
             if not self.channels_last:
                 gx = xp.ascontiguousarray(gx.transpose(0, 3, 1, 2))
