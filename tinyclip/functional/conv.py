@@ -24,14 +24,14 @@ from ..backend import get_array_module
 from ..tensor import Function
 
 
-def _pair(value) -> tuple:
+def pair(value) -> tuple:
     """An int or a pair of ints → a pair (rows, columns)."""
     if isinstance(value, int):
         return value, value
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
+    values = tuple(int(v) for v in value)
+    if len(values) != 2:
         raise ValueError(f"expected an int or a pair of ints, got {value!r}")
-    return pair
+    return values
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -100,7 +100,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out=None):
     ``out``: an optional C-contiguous (N·Ho·Wo, kh·kw·C) array to fill instead of a new one.
     """
     xp = get_array_module(x)
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
     N, H, W, C = x.shape
     Ho, Wo = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
     x = _pad(x, ph, pw)
@@ -127,7 +127,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
     windows of a row of pixels go in q = ceil(kw / sw) groups: wo = r, r+q, r+2q, ... lie ≥ kw apart.
     """
     xp = get_array_module(cols)
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
     N, H, W, C = x_shape
     Ho, Wo = conv_output_size(H, kh, sh, ph), conv_output_size(W, kw, sw, pw)
     patches = cols.reshape(N, Ho, Wo, kh, kw, C)
@@ -158,7 +158,7 @@ class Conv2d(Function):
     """
 
     def __init__(self, stride, padding, channels_last: bool):
-        self.stride, self.padding, self.channels_last = _pair(stride), _pair(padding), channels_last
+        self.stride, self.padding, self.channels_last = pair(stride), pair(padding), channels_last
 
     def forward(self, x, weight, bias=None):
         xp = get_array_module(x)
@@ -237,8 +237,8 @@ class MaxPool2d(Function):
     """
 
     def __init__(self, kernel_size, stride, channels_last: bool):
-        self.kernel = _pair(kernel_size)
-        self.stride = self.kernel if stride is None else _pair(stride)
+        self.kernel = pair(kernel_size)
+        self.stride = self.kernel if stride is None else pair(stride)
         self.channels_last = channels_last
 
     def _offset(self, i: int, j: int):

@@ -12,15 +12,11 @@ needs no transpose (PyTorch stores the transpose, ``(out, in)``).
 from __future__ import annotations
 
 from ..functional.arithmetic import gelu, linear, relu
-from ..functional.conv import conv2d, max_pool2d
+from ..functional.conv import conv2d, max_pool2d, pair
 from ..functional.embedding import embedding
 from ..functional.norm import batch_norm2d, dropout, layer_norm
 from . import init
 from .module import Buffer, Module
-
-
-def _pair(value) -> tuple:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 class Linear(Module):
@@ -54,7 +50,7 @@ class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, channels_last: bool = False):
         super().__init__()
-        kh, kw = _pair(kernel_size)
+        kh, kw = pair(kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.channels_last = channels_last
