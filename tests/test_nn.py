@@ -176,7 +176,7 @@ def test_train_eval_propagate_and_dropout_follows():
     y = drop(Tensor(np.ones((100, 100), dtype=np.float32))).data
     assert set(np.unique(y)) <= {0.0, 2.0} and 0.4 < (y == 0).mean() < 0.6
     np.testing.assert_array_equal(drop.eval()(Tensor(np.ones(5))).data, np.ones(5))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
         nn.Dropout(1.0)
 
 

@@ -186,9 +186,10 @@ def batch_norm2d(x, weight, bias, running_mean=None, running_var=None, training:
 # ---------------------------------------------------------------------------
 
 def check_dropout_p(p) -> float:
+    """``p`` as a float, or a ValueError when it is outside [0, 1)."""
     p = float(p)
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
     return p
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..functional.arithmetic import gelu, linear, relu
 from ..functional.conv import conv2d, max_pool2d, pair
 from ..functional.embedding import embedding
-from ..functional.norm import batch_norm2d, dropout, layer_norm
+from ..functional.norm import batch_norm2d, check_dropout_p, dropout, layer_norm
 from . import init
 from .module import Buffer, Module
 
@@ -131,9 +131,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p = check_dropout_p(p)  # at construction, not at the first training step
 
     def forward(self, x):
         return dropout(x, self.p, training=self.training)
