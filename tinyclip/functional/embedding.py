@@ -7,7 +7,7 @@ that occurs several times collects the sum of its gradients.
 
 from __future__ import annotations
 
-from ..backend import get_array_module, scatter_add
+from ..backend import device_of, get_array_module, scatter_add
 from ..tensor import Function
 
 
@@ -25,7 +25,9 @@ class Embedding(Function):
         xp = get_array_module(weight)
         ids = xp.asarray(ids)  # ids made from a list live on the default device; follow the table
         vocab = weight.shape[0]
-        if ids.size:
+        # On CuPy, int(ids.min()) would wait for the GPU on every call; there a bad id wraps round
+        # (cupy.take) instead of raising, so the same ids on the CPU are where it is caught.
+        if ids.size and device_of(ids) == "cpu":
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= vocab:
                 raise IndexError(f"embedding: id {low if low < 0 else high} is out of range for a table "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_array_module
+from ..backend import device_of, get_array_module
 from ..tensor import Function
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -118,7 +118,9 @@ class CrossEntropy(Function):
             raise TypeError(f"cross_entropy: targets must be integer class indices, got dtype {targets.dtype}")
         if targets.shape != (n,):
             raise ValueError(f"cross_entropy: targets must have shape ({n},), got {targets.shape}")
-        if n and (int(targets.min()) < 0 or int(targets.max()) >= c):
+        # On CuPy, int(targets.min()) would wait for the GPU on every call; there a bad target wraps
+        # round (CuPy's indexing) into a wrong loss instead of raising, so the CPU is where it is caught.
+        if n and device_of(targets) == "cpu" and (int(targets.min()) < 0 or int(targets.max()) >= c):
             bad = int(targets.min()) if int(targets.min()) < 0 else int(targets.max())
             raise IndexError(f"cross_entropy: target {bad} is out of range for {c} classes")
         logp = _log_softmax(xp, logits, axis=1)
