@@ -7,7 +7,6 @@ before each ``optimizer.step()``; ``step`` counts from 0.
 
 from __future__ import annotations
 
-import functools
 import math
 
 
@@ -33,18 +32,3 @@ def warmup_cosine(step: int, lr: float, warmup_steps: int, total_steps: int, min
         return float(min_lr) if total_steps > warmup_steps else float(lr)
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-SCHEDULES = {"constant": constant, "warmup_cosine": warmup_cosine, "cosine": warmup_cosine}
-
-
-def get_schedule(name: str, lr: float, **kwargs):
-    """A one-argument schedule ``step -> lr``: ``get_schedule("warmup_cosine", 1e-3, warmup_steps=100, total_steps=1000)``.
-
-    Names: constant, warmup_cosine (alias cosine; ``warmup_steps`` defaults to 0).
-    """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
-    if SCHEDULES[name] is warmup_cosine:
-        kwargs.setdefault("warmup_steps", 0)
-    return functools.partial(SCHEDULES[name], lr=lr, **kwargs)
