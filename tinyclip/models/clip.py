@@ -17,7 +17,6 @@ from .. import functional as F
 from .. import nn
 from ..backend import manual_seed, to_numpy
 from ..data.images import normalize
-from ..functional.loss import softmax
 from ..losses import clip_loss
 from ..optim import weight_decay_groups
 from ..tensor import Tensor, no_grad
@@ -37,7 +36,7 @@ def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
 class CLIP(nn.Module):
     """Image tower + text tower + a learnable temperature.
 
-    ``tokenizer`` (optional) lets ``similarity`` and ``embed_texts`` take raw captions.
+    ``tokenizer`` (optional) lets ``embed_texts`` take raw captions.
     """
 
     def __init__(self, config: CLIPConfig, tokenizer=None):
@@ -149,13 +148,3 @@ class CLIP(nn.Module):
         finally:
             self.train(was_training)
         return np.concatenate(parts) if parts else np.zeros((0, self.config.embed_dim), np.float32)
-
-    def similarity(self, images, captions, axis: int = -1) -> np.ndarray:
-        """Softmax probabilities ``(n_images, n_captions)`` of ``exp(scale) · cos``.
-
-        ``axis=-1``: for each image, a distribution over the captions; ``axis=0``: for
-        each caption, a distribution over the images.
-        """
-        logits = self.temperature() * (
-            self.embed_images(images) @ self.embed_texts(captions).T)
-        return to_numpy(softmax(Tensor(logits), axis=axis).data)
