@@ -33,8 +33,9 @@ import numpy as np
 
 from tinyclip.evaluate import load_run_pairs
 from tinyclip.tasks import softmax
-from tinyclip.tasks.modality import (confusion_matrix, embed_prompts, label_captions, load_prompts,
-                                     modality_from_caption, probs_mean_embedding, probs_mean_probability)
+from tinyclip.tasks.metrics import confusion_matrix
+from tinyclip.tasks.modality import (embed_prompts, label_captions, load_prompts, modality_from_caption,
+                                     probs_mean_embedding, probs_mean_probability)
 
 from _small_run import section, trained_run  # the small demo model that examples 06-08 share
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyclip import manual_seed
-from tinyclip.tasks import fewshot, heads
+from tinyclip.tasks import fewshot, heads, metrics
 from tinyclip.tasks.common import EvalContext
 
 from _small_run import QUICK, section, trained_run  # the small demo model that examples 06-08 share
@@ -98,8 +98,8 @@ summary = heads.fit(head, train_x[index], train_y[index].astype(np.float32), "bi
 print(f"{summary['steps']} Adam steps in {summary['seconds']:.2f}s; held out: {summary['n_val']} images "
       f"(too few to hold any out, so weight decay alone limits memorising)")
 logits = heads.predict(head, test_x)[:, 0]
-print(f"test accuracy {heads.accuracy(test_y, (logits > 0).astype(test_y.dtype)):.3f}, "
-      f"ROC AUC {heads.roc_auc(test_y, logits):.3f} on {len(test_y)} test images")
+print(f"test accuracy {metrics.accuracy(test_y, (logits > 0).astype(test_y.dtype)):.3f}, "
+      f"ROC AUC {metrics.roc_auc(test_y, logits):.3f} on {len(test_y)} test images")
 
 # ---------------------------------------------------------------------------
 # 3. the whole curve, as `python -m tinyclip.evaluate --task fewshot` runs it

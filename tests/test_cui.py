@@ -1,6 +1,5 @@
-"""Concept (CUI) classifiers: the metric helpers against hand-computed cases, labels, and the task end to end."""
+"""Concept (CUI) classifiers: labels, padding, and the task end to end (their metrics: test_metrics.py)."""
 
-import itertools
 import json
 
 import numpy as np
@@ -9,67 +8,12 @@ import pytest
 
 from tinyclip.data.pairs import load_pairs
 from tinyclip.models import CLIP
-from tinyclip.tasks import TaskSkipped, cui, heads
+from tinyclip.tasks import TaskSkipped, cui
 from tinyclip.tasks.common import EvalContext
 
 TINY = ["--epochs", "1", "--num-samples", "48", "--image-size", "32", "--conv-channels", "8,16", "--text-layers", "1",
         "--width", "32", "--ff-dim", "64", "--embed-dim", "32", "--max-len", "24", "--batch-size", "16",
         "--no-progress"]
-
-
-# ---------------------------------------------------------------------------
-# metrics, by hand
-# ---------------------------------------------------------------------------
-
-def test_accuracy():
-    assert heads.accuracy([0, 1, 2, 2], [0, 2, 2, 2]) == 0.75
-    with pytest.raises(ValueError):
-        heads.accuracy([0, 1], [0])
-
-
-def test_single_label_f1_by_hand():
-    y_true, y_pred = [0, 0, 1, 1, 2], [0, 1, 1, 1, 0]
-    # class 0: TP 1, FP 1, FN 1 → 2/4;  class 1: TP 2, FP 1, FN 0 → 4/5;  class 2: TP 0, FN 1 → 0
-    per_class = heads.per_class_f1(y_true, y_pred, [0, 1, 2])
-    assert [per_class[c]["f1"] for c in (0, 1, 2)] == pytest.approx([0.5, 0.8, 0.0])
-    assert per_class[1]["precision"] == pytest.approx(2 / 3) and per_class[1]["recall"] == 1.0
-    assert [per_class[c]["support"] for c in (0, 1, 2)] == [2, 2, 1]
-    assert heads.macro_f1(y_true, y_pred) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
-    # a label that occurs nowhere is left out by default, counted as 0 when listed explicitly
-    assert heads.macro_f1([0, 1], [0, 1]) == 1.0
-    assert heads.macro_f1([0, 1], [0, 1], labels=[0, 1, 2]) == pytest.approx(2 / 3)
-
-
-def test_multilabel_f1_by_hand():
-    y_true = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 0]])
-    y_pred = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 0, 0]])
-    # label 0: TP 1, FN 1 → 2/3; label 1: TP 2 → 1; label 2: FP 1, FN 1 → 0; label 3: never → 0
-    # micro: TP 3, FP 1, FN 2 → 6/9
-    f1 = heads.multilabel_f1(y_true, y_pred)
-    assert f1["per_label_f1"] == pytest.approx([2 / 3, 1.0, 0.0, 0.0])
-    assert f1["macro_f1"] == pytest.approx((2 / 3 + 1) / 4)
-    assert f1["micro_f1"] == pytest.approx(2 / 3)
-
-
-def test_macro_f1_matches_a_naive_definition():
-    rng = np.random.default_rng(0)
-    y_true, y_pred = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
-    scores = []
-    for c in range(4):
-        precision = np.mean(y_true[y_pred == c] == c)
-        recall = np.mean(y_pred[y_true == c] == c)
-        scores.append(2 * precision * recall / (precision + recall))
-    assert heads.macro_f1(y_true, y_pred) == pytest.approx(np.mean(scores))
-
-
-def test_roc_auc_by_hand_and_by_pairs():
-    assert heads.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
-    assert heads.roc_auc([0, 1], [0.5, 0.5]) == 0.5
-    assert np.isnan(heads.roc_auc([1, 1], [0.2, 0.3]))
-    rng = np.random.default_rng(0)
-    y, s = rng.integers(0, 2, 40), rng.integers(0, 5, 40).astype(float)  # many ties
-    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a, b in itertools.product(s[y == 1], s[y == 0])]
-    assert heads.roc_auc(y, s) == pytest.approx(np.mean(pairs))
 
 
 # ---------------------------------------------------------------------------
@@ -91,11 +35,10 @@ def test_first_cui_top_k_and_other_grouping():
         cui.first_cuis(pd.DataFrame({"caption": ["a"]}))
 
 
-def test_trim_padding_and_confusion():
+def test_trim_padding():
     ids = np.array([[5, 6, 0, 0], [7, 0, 0, 0]])
     trimmed, mask = cui.trim_padding(ids, ids == 0)
     assert trimmed.tolist() == [[5, 6], [7, 0]] and mask.tolist() == [[False, False], [False, True]]
-    assert cui.confusion_matrix([0, 1, 1], [0, 0, 1], 2).tolist() == [[1, 0], [1, 1]]
 
 
 # ---------------------------------------------------------------------------

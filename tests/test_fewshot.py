@@ -9,6 +9,7 @@ import pytest
 from tinyclip.models import CLIP
 from tinyclip.tasks import TaskSkipped, fewshot, heads
 from tinyclip.tasks.common import EvalContext
+from tinyclip.tasks.metrics import accuracy, multilabel_f1
 
 TINY = ["--epochs", "1", "--num-samples", "48", "--image-size", "32", "--conv-channels", "8,16", "--text-layers", "1",
         "--width", "32", "--ff-dim", "64", "--embed-dim", "32", "--max-len", "24", "--batch-size", "16",
@@ -84,7 +85,7 @@ def test_fit_binary_mlp_learns_separable_features():
     assert summary["n_val"] == 60 and summary["best_val_loss"] is not None
     logits = heads.predict(head, x[300:])
     assert logits.shape == (100, 1)
-    assert heads.accuracy(y[300:], (logits[:, 0] > 0).astype(np.int64)) >= 0.9
+    assert accuracy(y[300:], (logits[:, 0] > 0).astype(np.int64)) >= 0.9
 
 
 def test_fit_multiclass_and_multilabel():
@@ -93,12 +94,12 @@ def test_fit_multiclass_and_multilabel():
     x = (np.eye(3)[y] * 3 + rng.standard_normal((300, 3))).astype(np.float32)
     head = heads.mlp_head(3, 3, hidden=(16, 16))
     heads.fit(head, x[:200], y[:200], "multiclass", steps=200)
-    assert heads.accuracy(y[200:], heads.predict(head, x[200:]).argmax(axis=1)) >= 0.85
+    assert accuracy(y[200:], heads.predict(head, x[200:]).argmax(axis=1)) >= 0.85
     targets = np.stack([y == 0, y != 2], axis=1).astype(np.float32)
     head = heads.linear_head(3, 2)
     heads.fit(head, x[:200], targets[:200], "multilabel", steps=200, lr=1e-2)
     predicted = heads.predict(head, x[200:]) > 0
-    assert heads.multilabel_f1(targets[200:], predicted)["micro_f1"] >= 0.85
+    assert multilabel_f1(targets[200:], predicted)["micro_f1"] >= 0.85
 
 
 def test_fit_without_holdout_for_tiny_sets_and_rejects_bad_input():
@@ -172,21 +173,6 @@ def test_threshold_and_early_stopping_come_from_the_validation_part():
     for name in ("mlp", "probe"):
         assert a[name]["20"]["thresholds"] == b[name]["20"]["thresholds"]
         assert a[name]["20"]["draws"] == b[name]["20"]["draws"]
-
-
-def test_balanced_threshold_against_every_cut():
-    rng = np.random.default_rng(0)
-    for trial in range(20):
-        y = rng.permutation(np.r_[np.zeros(7 + trial, int), np.ones(12, int)])
-        scores = np.round(rng.standard_normal(len(y)) + y, 1)  # rounded: ties
-        cut = heads.balanced_threshold(y, scores)
-
-        def balanced(t):
-            predicted = scores > t
-            return (predicted[y == 1].mean() + (~predicted[y == 0]).mean()) / 2
-        assert balanced(cut) == pytest.approx(max(balanced(t) for t in np.r_[scores, scores.min() - 1]))
-    with pytest.raises(ValueError):
-        heads.balanced_threshold([1, 1], [0.2, 0.3])
 
 
 def test_fit_with_a_given_validation_set():

@@ -1,20 +1,17 @@
-"""Zero-shot classification: modality labels from real captions, prompt ensembles, and the metrics
-(confusion matrix, precision/recall, ROC AUC) against by-definition references."""
+"""Zero-shot classification: modality labels from real captions, prompt ensembles and prompt files
+(the metrics the task reports: test_metrics.py)."""
 
 import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tinyclip.data.synthetic import MODALITY_PHRASES, make_synthetic
 from tinyclip.tasks import softmax
-from tinyclip.tasks.modality import (MODALITIES, class_vectors, confusion_matrix, label_captions, load_prompts,
-                                     methods_for, modalities_in_caption, modality_from_caption, per_class_scores,
-                                     probs_mean_embedding, probs_mean_probability)
-from tinyclip.tasks.heads import average_ranks, roc_auc
-from tinyclip.tasks.pneumonia import parse_prompts, roc_points
+from tinyclip.tasks.modality import (MODALITIES, class_vectors, label_captions, load_prompts, methods_for,
+                                     modalities_in_caption, modality_from_caption, probs_mean_embedding,
+                                     probs_mean_probability)
+from tinyclip.tasks.pneumonia import parse_prompts
 
 # Real ROCO caption phrasings (test split), some shortened, with the modality they name; None when
 # they name none of the six or several modalities.
@@ -166,51 +163,6 @@ def test_bad_prompt_files(tmp_path, content, message):
         load_prompts(path)
     with pytest.raises(FileNotFoundError):
         load_prompts(tmp_path / "missing.json")
-
-
-# ---------------------------------------------------------------------------
-# classification metrics
-# ---------------------------------------------------------------------------
-
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=40))
-def test_confusion_matrix_and_per_class_scores(pairs):
-    labels, predictions = (np.array(v) for v in zip(*pairs))
-    m = confusion_matrix(labels, predictions, 4)
-    for i in range(4):
-        for j in range(4):
-            assert m[i, j] == sum(1 for t, p in pairs if t == i and p == j)
-    scores = per_class_scores(m, list("abcd"))
-    for c, name in enumerate("abcd"):
-        predicted = [t for t, p in pairs if p == c]
-        actual = [p for t, p in pairs if t == c]
-        assert scores[name]["precision"] == (pytest.approx(predicted.count(c) / len(predicted)) if predicted else None)
-        assert scores[name]["recall"] == (pytest.approx(actual.count(c) / len(actual)) if actual else None)
-
-
-def brute_force_auc(labels, scores):
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
-@settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), min_size=2, max_size=40))
-def test_roc_auc_matches_pairwise_count(pairs):
-    labels, scores = (np.array(v) for v in zip(*pairs))
-    if labels.all() or not labels.any():
-        assert np.isnan(roc_auc(labels, scores))
-        return
-    auc = roc_auc(labels, scores.astype(float) / 5)
-    assert auc == pytest.approx(brute_force_auc(labels, scores))
-    fpr, tpr = roc_points(labels, scores)
-    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
-    assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == pytest.approx(auc)  # trapezoids = AUC
-
-
-def test_average_ranks():
-    np.testing.assert_allclose(average_ranks(np.array([3.0, 1.0, 3.0, 2.0, 3.0])), [4, 1, 4, 2, 4])
 
 
 def test_pneumonia_prompts(tmp_path):

@@ -42,8 +42,8 @@ from ..backend import manual_seed
 from ..models.text_encoder import TextEncoder
 from . import TaskSkipped
 from .common import EvalContext
-from .heads import (accuracy, cache_key, cached_arrays, fit, macro_f1, mlp_head, model_fingerprint,
-                    multilabel_f1, per_class_f1, predict, standardize)
+from .heads import cache_key, cached_arrays, fit, mlp_head, model_fingerprint, predict, standardize
+from .metrics import accuracy, confusion_matrix, macro_f1, multilabel_f1, per_class_scores
 
 OTHER = "other"
 DEFAULT_TOP_K = 10
@@ -152,17 +152,10 @@ def embeddings(ctx: EvalContext, batch_size: int = 128, log=print):
 
 def _scores(y_true, y_pred, names) -> dict:
     present = np.union1d(y_true, y_pred)
-    per_class = per_class_f1(y_true, y_pred, range(len(names)))
+    per_class = per_class_scores(y_true, y_pred, range(len(names)))
     return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, present),
             "per_class_f1": {names[c]: v["f1"] for c, v in per_class.items()},
             "confusion": confusion_matrix(y_true, y_pred, len(names)).tolist()}
-
-
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """``(C, C)`` counts: row = true class, column = predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    return matrix
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ The protocol is built to rank towers, not only to draw a curve:
 * A fixed validation part (``val_n`` images, default 200, half of each class) is held
   out of the *training* folder once; the test folder is only ever scored. Every head
   stops early on the validation loss, and its decision threshold is the cut of its
-  validation logits with the best balanced accuracy (``heads.balanced_threshold``).
+  validation logits with the best balanced accuracy (``metrics.balanced_threshold``).
 * Draws: n images of the rest of the training folder (the pool), balanced over the
   classes (``sample_shots``), 20 draws (``seeds``) for n ≤ 200 and 5 (``seeds_large``)
   above: large draws overlap so much that their spread is small, and each head costs
@@ -58,9 +58,9 @@ import numpy as np
 from ..backend import manual_seed
 from . import TaskSkipped
 from .common import EvalContext
-from .heads import (accuracy, balanced_threshold, cached_arrays, cache_key, fit, linear_head, mlp_head,
-                    model_fingerprint, predict, roc_auc, standardize)
-from .pneumonia import binary_scores, chest_xray_source  # noqa: F401 (chest_xray_source: the data of both tasks)
+from .heads import cached_arrays, cache_key, fit, linear_head, mlp_head, model_fingerprint, predict, standardize
+from .metrics import accuracy, balanced_accuracy, balanced_threshold, roc_auc
+from .pneumonia import chest_xray_source  # the chest X-rays of both pneumonia tasks
 
 DEFAULT_SHOTS = (10, 20, 50, 100, 200, 500, 1000, "all")
 DEFAULT_SEEDS = 20        # draws at n <= SMALL_N, where draws differ most
@@ -288,7 +288,7 @@ def few_shot_curve(pool_x, pool_y, val_x, val_y, test_x, test_y, plan, hidden=DE
                 logits = predict(head, test_x)[:, 0]
                 predicted = (logits > cut).astype(test_y.dtype)
                 scores["accuracies"].append(accuracy(test_y, predicted))
-                scores["balanced_accuracies"].append(binary_scores(test_y, predicted)["balanced_accuracy"])
+                scores["balanced_accuracies"].append(balanced_accuracy(test_y, predicted))
                 scores["aucs"].append(roc_auc(test_y, logits))
                 scores["thresholds"].append(cut)
             stats = {"n": entry["n"], "seeds": [s for s, _ in entry["draws"]],

@@ -1,15 +1,14 @@
-"""Classifier heads on top of the trained model, the one loop that trains them, and their metrics.
+"""Classifier heads on top of the trained model and the one loop that trains them.
 
-The downstream tasks (few-shot pneumonia, concept classifiers) all do the same
-thing: take inputs (usually frozen CLIP features, sometimes token ids), fit a small
-``Module`` that outputs logits, and score its predictions. This file holds the
-shared parts, in reading order:
+The downstream tasks (few-shot pneumonia, concept classifiers, the modality probe)
+all do the same thing: take inputs (usually frozen CLIP features, sometimes token
+ids), fit a small ``Module`` that outputs logits, and score its predictions (with
+``metrics``). This file holds the shared parts, in reading order:
 
 * heads: ``mlp_head`` (two dense ReLU layers + a linear output) and ``linear_head``
   (logistic / softmax regression);
 * ``fit``: Adam on shuffled mini-batches, early stopping on a held-out part of the
   training data, best weights restored; ``predict``: logits in eval mode;
-* metrics as plain NumPy functions: accuracy, ROC AUC, per-class / macro / micro F1;
 * frozen features: a fingerprint of the model's weights, standardisation, and a
   cache of computed features (in memory and as an ``.npz`` next to the results).
 """
@@ -244,109 +243,6 @@ def predict(model, inputs, batch_size: int = 512, prepare=None) -> np.ndarray:
             part = np.arange(start, min(start + batch_size, len(inputs[0])))
             parts.append(to_numpy(model(*_to_device(model, _batch(inputs, part, prepare))).data))
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
-
-
-# ---------------------------------------------------------------------------
-# metrics (NumPy, by definition)
-# ---------------------------------------------------------------------------
-
-def accuracy(y_true, y_pred) -> float:
-    """Share of rows where the predicted label equals the true one."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"accuracy: shapes differ, {y_true.shape} vs {y_pred.shape}")
-    return float((y_true == y_pred).mean()) if y_true.size else float("nan")
-
-
-def average_ranks(values) -> np.ndarray:
-    """1-based ranks of ``values`` in ascending order; tied values share the mean of their ranks."""
-    _, inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)  # rank of the last member of each group of equal values
-    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
-
-
-def roc_auc(y_true, scores) -> float:
-    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties count ½.
-
-    Computed from ranks (Mann-Whitney U): ``(Σ ranks of positives - P(P+1)/2) / (P·N)``,
-    with tied scores sharing their average rank. NaN when one class is absent.
-    """
-    y_true = np.asarray(y_true).astype(bool)
-    pos, neg = int(y_true.sum()), int((~y_true).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = average_ranks(np.asarray(scores, dtype=np.float64))
-    return float((ranks[y_true].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def balanced_threshold(y_true, scores) -> float:
-    """The cut ``t`` that maximises the balanced accuracy ``(TPR + TNR) / 2`` of "positive iff score > t".
-
-    Candidates: midpoints between consecutive distinct scores, and one below / above
-    them all; of several best ones the middle one is taken. Needs both classes.
-    """
-    y_true = np.asarray(y_true).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    if y_true.all() or not y_true.any():
-        raise ValueError("balanced_threshold: both classes are needed")
-    u = np.unique(scores)
-    cuts = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])
-    pos, neg = np.sort(scores[y_true]), np.sort(scores[~y_true])
-    tpr = 1.0 - np.searchsorted(pos, cuts, side="right") / len(pos)
-    tnr = np.searchsorted(neg, cuts, side="right") / len(neg)
-    ba = (tpr + tnr) / 2
-    best = np.flatnonzero(ba == ba.max())
-    return float(cuts[best[len(best) // 2]])
-
-
-def _f1(tp, fp, fn) -> np.ndarray:
-    """F1 = 2TP / (2TP + FP + FN) element-wise; 0 where the denominator is 0 (sklearn's zero_division=0)."""
-    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
-    denom = 2 * tp + fp + fn
-    return np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
-
-
-def per_class_f1(y_true, y_pred, labels) -> dict:
-    """{label: {"f1", "precision", "recall", "support"}} for single-label predictions."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    out = {}
-    for c in labels:
-        tp = int(((y_pred == c) & (y_true == c)).sum())
-        fp = int(((y_pred == c) & (y_true != c)).sum())
-        fn = int(((y_pred != c) & (y_true == c)).sum())
-        out[c] = {"f1": float(_f1(tp, fp, fn)), "precision": tp / (tp + fp) if tp + fp else 0.0,
-                  "recall": tp / (tp + fn) if tp + fn else 0.0, "support": tp + fn}
-    return out
-
-
-def macro_f1(y_true, y_pred, labels=None) -> float:
-    """Unweighted mean of the per-class F1 of single-label predictions.
-
-    ``labels`` default: every label that occurs in ``y_true`` or ``y_pred`` (as sklearn does).
-    """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = np.union1d(y_true, y_pred) if labels is None else labels
-    if len(labels) == 0:
-        return float("nan")
-    return float(np.mean([v["f1"] for v in per_class_f1(y_true, y_pred, labels).values()]))
-
-
-def multilabel_f1(y_true, y_pred) -> dict:
-    """Micro and macro F1 of 0/1 matrices ``(N, K)``, and the F1 of each of the K labels.
-
-    micro: one F1 from TP, FP, FN summed over all labels (frequent labels weigh more);
-    macro: the mean of the K per-label F1s (a label never true nor predicted scores 0).
-    """
-    y_true, y_pred = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
-    if y_true.shape != y_pred.shape or y_true.ndim != 2:
-        raise ValueError(f"multilabel_f1: expected two (N, K) matrices, got {y_true.shape} and {y_pred.shape}")
-    tp = (y_true & y_pred).sum(axis=0)
-    fp = (~y_true & y_pred).sum(axis=0)
-    fn = (y_true & ~y_pred).sum(axis=0)
-    per_label = _f1(tp, fp, fn)
-    return {"micro_f1": float(_f1(tp.sum(), fp.sum(), fn.sum())),
-            "macro_f1": float(per_label.mean()) if per_label.size else float("nan"),
-            "per_label_f1": per_label.tolist()}
 
 
 # ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from ..backend import manual_seed
 from ..data.synthetic import MODALITIES  # the six the synthetic captions name; this task scores them
 from ..io import read_json
 from . import TaskSkipped, figures, softmax
+from .metrics import accuracy, balanced_accuracy, confusion_matrix, per_class_scores
 
 OTHER = "other"  # a modality outside the six (PET, SPECT, scintigraphy, OCT, ophthalmic angiography)
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "modality.json"
@@ -214,34 +215,6 @@ def classify(image_emb: np.ndarray, class_prompts: list, scale: float, method: s
 
 
 # ---------------------------------------------------------------------------
-# classification metrics
-# ---------------------------------------------------------------------------
-
-def confusion_matrix(labels, predictions, n_classes: int) -> np.ndarray:
-    """``(C, C)`` counts; row = true class, column = predicted class."""
-    m = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(m, (np.asarray(labels), np.asarray(predictions)), 1)
-    return m
-
-
-def per_class_scores(matrix: np.ndarray, class_names) -> dict:
-    """Precision, recall and support of each class; None where undefined (nothing predicted / no examples)."""
-    out = {}
-    for c, name in enumerate(class_names):
-        predicted, actual, hit = matrix[:, c].sum(), matrix[c].sum(), matrix[c, c]
-        out[name] = {"precision": float(hit / predicted) if predicted else None,
-                     "recall": float(hit / actual) if actual else None,
-                     "support": int(actual)}
-    return out
-
-
-def balanced_accuracy(matrix: np.ndarray) -> float:
-    """Mean recall over the classes that have examples."""
-    actual = matrix.sum(axis=1)
-    return float(np.mean(np.diag(matrix)[actual > 0] / actual[actual > 0]))
-
-
-# ---------------------------------------------------------------------------
 # the task
 # ---------------------------------------------------------------------------
 
@@ -274,9 +247,9 @@ def _probe(ctx, classes, image_emb, labels) -> dict:
     manual_seed(ctx.seed)
     head = linear_head(train_x.shape[1], len(classes))
     fit(head, train_x, train_labels, "multiclass", seed=ctx.seed, weight_decay=1e-3, balance=True)
-    matrix = confusion_matrix(labels, predict(head, eval_x).argmax(axis=1), len(classes))
-    return {"accuracy_probe": float(np.trace(matrix) / matrix.sum()), "balanced_accuracy_probe":
-            balanced_accuracy(matrix), "probe_train_n": int(len(rows))}
+    predicted = predict(head, eval_x).argmax(axis=1)
+    return {"accuracy_probe": accuracy(labels, predicted), "balanced_accuracy_probe":
+            balanced_accuracy(labels, predicted), "probe_train_n": int(len(rows))}
 
 
 def run(ctx) -> dict:
@@ -315,11 +288,14 @@ def run(ctx) -> dict:
     matrices, per_class, all_probs = {}, {}, {}
     for method, set_name, way in methods_for(prompt_sets):
         probs = classify(image_emb, embedded[set_name], scale, way)
-        matrix = confusion_matrix(labels, probs.argmax(axis=1), len(classes))
-        result[f"accuracy_{method}"] = float(np.trace(matrix) / matrix.sum())
-        result[f"balanced_accuracy_{method}"] = balanced_accuracy(matrix)
-        matrices[method], all_probs[method] = matrix, probs
-        per_class[method] = per_class_scores(matrix, classes)
+        predicted = probs.argmax(axis=1)
+        result[f"accuracy_{method}"] = accuracy(labels, predicted)
+        result[f"balanced_accuracy_{method}"] = balanced_accuracy(labels, predicted)
+        matrices[method] = confusion_matrix(labels, predicted, len(classes))
+        all_probs[method] = probs
+        scores = per_class_scores(labels, predicted, range(len(classes)))
+        per_class[method] = {name: {k: scores[c][k] for k in ("precision", "recall", "support")}  # no F1 here
+                             for c, name in enumerate(classes)}
     result["per_class"] = per_class
     result["confusion"] = {m: matrix.tolist() for m, matrix in matrices.items()}
     result.update(_probe(ctx, classes, image_emb, labels))

@@ -32,38 +32,13 @@ from ..data.images import default_cache_dir, load_images
 from ..data.synthetic import make_synthetic_chest_xray
 from ..io import read_json
 from . import TaskSkipped, figures, softmax
-from .heads import roc_auc
+from .metrics import accuracy, balanced_accuracy, per_class_scores, roc_auc, roc_points
 from .modality import class_vectors, embed_prompts
 
 CLASS_NAMES = ("normal", "pneumonia")
 DEFAULT_PROMPTS = {"normal": ["normal"], "pneumonia": ["pneumonia"]}
 SYNTHETIC_TEST = 400  # the synthetic test set of this task and of the few-shot task
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_TEST_SEED = 1000, 2000
-
-
-# ---------------------------------------------------------------------------
-# metrics
-# ---------------------------------------------------------------------------
-
-def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates at every threshold, from (0, 0) to (1, 1)."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    # one point per distinct threshold: the last position of each run of equal scores
-    cut = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
-    tp, fp = np.cumsum(y)[cut], np.cumsum(~y)[cut]
-    return (np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)])
-
-
-def binary_scores(labels, predictions) -> dict:
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    recalls = [float((predictions[labels == c] == c).mean()) for c in (0, 1) if (labels == c).any()]
-    return {"accuracy": float((labels == predictions).mean()),
-            "balanced_accuracy": float(np.mean(recalls)),
-            "sensitivity": float((predictions[labels == 1] == 1).mean()) if (labels == 1).any() else None,
-            "specificity": float((predictions[labels == 0] == 0).mean()) if (labels == 0).any() else None}
 
 
 # ---------------------------------------------------------------------------
@@ -176,8 +151,11 @@ def run(ctx) -> dict:
     probs = zero_shot_probs(ctx.model, images, prompts, int(options.get("batch_size", 128)))
     predictions = probs.argmax(axis=1)
     n_pos = int((labels == 1).sum())
+    per_class = per_class_scores(labels, predictions, (0, 1))
     result = {"source": source, "n": int(len(labels)), "n_normal": int(len(labels) - n_pos), "n_pneumonia": n_pos,
-              **binary_scores(labels, predictions), "roc_auc": roc_auc(labels, probs[:, 1]),
+              "accuracy": accuracy(labels, predictions), "balanced_accuracy": balanced_accuracy(labels, predictions),
+              "sensitivity": per_class[1]["recall"], "specificity": per_class[0]["recall"],
+              "roc_auc": roc_auc(labels, probs[:, 1]),
               "majority_baseline": float(max(n_pos, len(labels) - n_pos) / len(labels)),
               "predicted_pneumonia_share": float(predictions.mean()), "prompts": prompts}
     fpr, tpr = roc_points(labels, probs[:, 1])
