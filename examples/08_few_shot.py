@@ -3,7 +3,7 @@
 What you will learn
 -------------------
 1. Frozen features: the trained image tower becomes a fixed feature extractor. Every
-   chest X-ray is embedded once; the vectors are cached (in memory and as an .npz),
+   chest X-ray is embedded once; the vectors are cached (as an .npz next to the results),
    so training many small classifiers on them costs seconds, not hours.
 2. The report's few-shot classifier: two dense ReLU layers and a sigmoid output,
    trained with Adam on binary cross-entropy, next to a plain logistic-regression

@@ -240,22 +240,19 @@ def test_run_end_to_end_and_cache(tiny_run, tmp_path, monkeypatch):
     assert png.is_file() and png.stat().st_size > 1000
     assert len(list(out.glob("fewshot-features-*.npz"))) == 1
 
-    # A rerun must not touch the image encoder: first from memory, then from the .npz alone.
+    # A rerun must not touch the image encoder: the features come from the .npz.
     def boom(*args, **kwargs):
         raise AssertionError("features were recomputed")
     monkeypatch.setattr(ctx.model, "embed_images", boom)
     ctx.options.update(shots="10", seeds="1")
-    assert fewshot.run(ctx, log=lambda s: None)["features_from_cache"]
-    monkeypatch.setattr(heads, "_MEMORY", {})
     again = fewshot.run(ctx, log=lambda s: None)
     assert again["features_from_cache"]
     assert again["mlp"]["10"]["accuracies"] == metrics["mlp"]["10"]["accuracies"][:1]  # same seed, same numbers
 
 
-def test_compare_with_the_untrained_tower(tiny_run, tmp_path, monkeypatch):
+def test_compare_with_the_untrained_tower(tiny_run, tmp_path):
     """compare_init=1: the untrained model of the run's configuration and seed on the same draws, with p-values."""
     from tinyclip.evaluate import initial_model
-    monkeypatch.setattr(heads, "_MEMORY", {})  # the trained tower's features from earlier tests: not in tmp_path
     lines = []
     options = {**OPTIONS, "shots": "10,all", "seeds": "3", "seeds_large": "2", "head_steps": "30",
                "compare_init": "1"}

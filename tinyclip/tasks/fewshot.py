@@ -152,8 +152,8 @@ def extract_features(model, source: dict, out_dir, kind: str = "clip", batch_siz
     """``(arrays, from_cache)``: ``train_x, train_y, test_x, test_y`` for ``source``.
 
     ``kind`` "clip": the model's unit image embeddings (frozen); "pixels": see
-    ``pixel_features``. Cached in memory and in ``out_dir`` under a key made of the
-    checkpoint's fingerprint and the data description, so reruns skip the encoder.
+    ``pixel_features``. Cached in ``out_dir`` under a key made of the checkpoint's
+    fingerprint and the data description, so reruns skip the encoder.
     """
     if kind not in ("clip", "pixels"):
         raise ValueError(f"option features: expected 'clip' or 'pixels', got {kind!r}")

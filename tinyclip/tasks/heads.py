@@ -10,12 +10,13 @@ ids), fit a small ``Module`` that outputs logits, and score its predictions (wit
 * ``fit``: Adam on shuffled mini-batches, early stopping on a held-out part of the
   training data, best weights restored; ``predict``: logits in eval mode;
 * frozen features: a fingerprint of the model's weights, standardisation, and a
-  cache of computed features (in memory and as an ``.npz`` next to the results).
+  cache of computed features (an ``.npz`` next to the results).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from ..functional.loss import binary_cross_entropy_with_logits, cross_entropy
 from ..tensor import Tensor, no_grad
 
 LOSSES = ("binary", "multiclass", "multilabel")
+MIN_HELD_OUT = 10  # a held-out part smaller than this (tiny few-shot sets) is not split off
 
 
 # ---------------------------------------------------------------------------
@@ -122,8 +124,8 @@ def _batch(inputs, index, prepare):
 
 
 def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 64,
-        steps: int = 500, epochs: int | None = None, val_fraction: float = 0.2, min_val: int = 10,
-        patience: int = 10, balance: bool = False, seed: int = 0, prepare=None, val=None, log=None) -> dict:
+        steps: int = 500, epochs: int | None = None, val_fraction: float = 0.2, patience: int = 10,
+        balance: bool = False, seed: int = 0, prepare=None, val=None, log=None) -> dict:
     """Train ``model`` (its outputs are logits) on ``inputs`` → ``targets`` with Adam; returns a summary.
 
     ``inputs``: one array or a tuple of arrays with the same first axis N (float arrays
@@ -138,13 +140,15 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
     binary/multiclass) is held out; its loss is measured once per epoch (at least
     every 10 steps), training stops after ``patience`` checks without improvement and
     the best weights are put back. When the held-out part would have fewer than
-    ``min_val`` rows (tiny few-shot sets), nothing is held out and the full budget of
-    steps is used: weight decay is then what keeps the head from memorising.
+    ``MIN_HELD_OUT`` rows (tiny few-shot sets), nothing is held out and the full budget
+    of steps is used: weight decay is then what keeps the head from memorising.
     ``val = (val_inputs, val_targets)``: a held-out set given by the caller (e.g. one
     fixed set shared by many small training sets); then every row trains and
     ``val_fraction`` is ignored.
     ``balance`` (binary/multiclass): weight every row by ``balanced_weights``, in
     training and in the held-out loss, so that a majority class cannot dominate.
+    Summary: ``steps``, ``n_train``, ``n_val``, ``best_val_loss`` (None when nothing
+    was held out), ``stopped_early``, ``seconds``.
     """
     if kind not in LOSSES:
         raise ValueError(f"kind must be one of {LOSSES}, got {kind!r}")
@@ -167,7 +171,7 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
         val_idx = np.arange(len(val_targets))
         val_weights = balanced_weights(val_targets) if balance else None
     else:
-        if val_fraction > 0 and int(round(val_fraction * n)) >= min_val:
+        if val_fraction > 0 and int(round(val_fraction * n)) >= MIN_HELD_OUT:
             train_idx, val_idx = holdout_split(targets, val_fraction, seed, stratify=kind != "multilabel")
         val_inputs, val_targets, val_weights = inputs, targets, weights
     batch_size = max(1, min(batch_size, len(train_idx)))
@@ -177,44 +181,42 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
 
     optimizer = optim.Adam(list(model.parameters()), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    best, best_state, since_best, history = math.inf, None, 0, []
+
+    def batches():  # shuffled passes over the training rows, one after the other
+        while True:
+            order = train_idx[rng.permutation(len(train_idx))]
+            yield from (order[start:start + batch_size] for start in range(0, len(order), batch_size))
+
+    best, best_state, since_best = math.inf, None, 0
     step, losses, stopped_early = 0, [], False
     model.train()
-    while step < total and not stopped_early:
-        order = train_idx[rng.permutation(len(train_idx))]
-        for start in range(0, len(order), batch_size):
-            part = order[start:start + batch_size]
-            x, t, w = _to_device(model, _batch(inputs, part, prepare), targets[part], kind,
-                                 None if weights is None else weights[part])
-            loss = _loss(model(*x), t, kind, w)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.item()))
-            step += 1
-            if len(val_idx) and (step % check_every == 0 or step == total):
-                val_loss = evaluate_loss(model, val_inputs, val_targets, kind, val_idx, prepare=prepare,
-                                         weights=val_weights)
-                history.append({"step": step, "train_loss": float(np.mean(losses[-check_every:])),
-                                "val_loss": val_loss})
-                if log:
-                    log(f"  step {step}/{total}: train {history[-1]['train_loss']:.4f}  held-out {val_loss:.4f}")
-                if val_loss < best - 1e-6:
-                    best, best_state, since_best = val_loss, model.state_dict(), 0
-                else:
-                    since_best += 1
-                    if since_best >= patience:
-                        stopped_early = True
-                model.train()
-            if step >= total or stopped_early:
-                break
+    for step, part in enumerate(itertools.islice(batches(), total), start=1):
+        x, t, w = _to_device(model, _batch(inputs, part, prepare), targets[part], kind,
+                             None if weights is None else weights[part])
+        loss = _loss(model(*x), t, kind, w)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.item()))
+        if len(val_idx) and (step % check_every == 0 or step == total):
+            val_loss = evaluate_loss(model, val_inputs, val_targets, kind, val_idx, prepare=prepare,
+                                     weights=val_weights)
+            if log:
+                log(f"  step {step}/{total}: train {np.mean(losses[-check_every:]):.4f}  held-out {val_loss:.4f}")
+            if val_loss < best - 1e-6:
+                best, best_state, since_best = val_loss, model.state_dict(), 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    stopped_early = True
+                    break
+            model.train()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return {"steps": step, "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
             "best_val_loss": best if best_state is not None else None, "stopped_early": stopped_early,
-            "final_train_loss": float(np.mean(losses[-steps_per_epoch:])) if losses else None,
-            "history": history, "seconds": round(time.perf_counter() - t0, 3)}
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def evaluate_loss(model, inputs, targets, kind: str, index=None, batch_size: int = 512, prepare=None,
@@ -249,9 +251,6 @@ def predict(model, inputs, batch_size: int = 512, prepare=None) -> np.ndarray:
 # frozen features
 # ---------------------------------------------------------------------------
 
-_MEMORY: dict = {}  # cache key → {name: array}, for reruns inside one process
-
-
 def model_fingerprint(model) -> str:
     """A short hash of the model's configuration and every weight: equal iff the checkpoint is the same."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
@@ -267,25 +266,21 @@ def cache_key(*parts) -> str:
 
 
 def cached_arrays(out_dir, prefix: str, key: str, compute):
-    """``(arrays, from_cache)``: ``compute()``'s dict of arrays, kept in memory and in ``out_dir/prefix-key.npz``.
+    """``(arrays, from_cache)``: ``compute()``'s dict of arrays, kept in ``out_dir/prefix-key.npz``.
 
-    A rerun in the same process or on the same output folder with the same ``key``
-    loads instead of recomputing (feature extraction is the slow part of the tasks).
+    A rerun on the same output folder with the same ``key`` loads instead of recomputing:
+    feature extraction is the slow part of the tasks (21 s of a 130 s few-shot run with the
+    default image tower on 1,400 synthetic X-rays), loading the file takes milliseconds.
     """
-    if key in _MEMORY:
-        return _MEMORY[key], True
     path = Path(out_dir) / f"{prefix}-{key}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-            _MEMORY[key] = arrays
-            return arrays, True
+                return {k: npz[k] for k in npz.files}, True
         except (OSError, ValueError):
             pass  # a damaged file: compute again and overwrite it
     arrays = {k: np.asarray(v) for k, v in compute().items()}
     atomic_write(path, lambda f: np.savez(f, **arrays))
-    _MEMORY[key] = arrays
     return arrays, False
 
 
