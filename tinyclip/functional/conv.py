@@ -18,8 +18,6 @@ Sizes follow PyTorch (floor mode): ``Ho = (H + 2·padding - kh) // stride + 1``.
 
 from __future__ import annotations
 
-import math
-
 from ..backend import get_array_module
 from ..tensor import Function
 
@@ -43,38 +41,20 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) 
 
 
 # ---------------------------------------------------------------------------
-# one scratch buffer for the patch matrix and its gradient
+# the batch in chunks of images
 # ---------------------------------------------------------------------------
 
-class _Scratch:
-    """The memory of conv2d's biggest temporaries, reused by every call (NumPy only; CuPy pools its own).
-
-    The patch matrix is a step's biggest temporary (≈ 150 MB at the reference sizes), and a
-    fresh one costs ≈ 15 ms of page faults. conv2d never needs two at once: forward uses it for
-    one product, and backward rebuilds it with im2col (cheap next to the matmuls) instead of
-    keeping every layer's alive from forward to backward, which would add ≈ 250 MB to the peak.
-    Backward's dcols, the same size, goes into the same memory.
-
-    The rule that keeps this safe: every ``get`` overwrites what the previous one returned, so
-    a view is filled and consumed before the next ``get``, never held across one.
-    """
-
-    def __init__(self):
-        self.buffers = {}  # dtype -> flat array, grown to the largest request
-
-    def get(self, xp, shape, dtype):
-        """An uninitialised C-contiguous array of ``shape``: a view of the shared buffer."""
-        if xp.__name__ != "numpy":
-            return xp.empty(shape, dtype=dtype)
-        size = math.prod(shape)
-        key = xp.dtype(dtype).str
-        buffer = self.buffers.get(key)
-        if buffer is None or buffer.size < size:
-            buffer = self.buffers[key] = xp.empty(size, dtype=dtype)
-        return buffer[:size].reshape(shape)
+# conv2d builds the patch matrix a few images at a time on the CPU. The whole batch's is ≈ 150 MB at
+# the reference sizes; ≈ 3 MB of it stays in the cache from im2col through the product (and in
+# backward through col2im), which makes the layer ≈ 1.5× faster (benchmarks/bench_ops.py). CuPy
+# takes the whole batch at once: a GPU wants few, large kernels.
+CHUNK_BYTES = 3 << 20
 
 
-_scratch = _Scratch()
+def image_chunks(xp, n_images: int, bytes_per_image: int) -> list:
+    """Slices of the batch axis, each about CHUNK_BYTES of patch matrix (one slice on a GPU)."""
+    step = n_images if xp.__name__ != "numpy" else max(1, CHUNK_BYTES // max(bytes_per_image, 1))
+    return [slice(i, min(i + step, n_images)) for i in range(0, n_images, step)]
 
 
 # ---------------------------------------------------------------------------
@@ -155,10 +135,19 @@ class Conv2d(Function):
     dW = (im2col(x)ᵀ @ gy)ᵀ,  db = Σ gy,  dx = col2im(gy @ W)
 
     x (N, C, H, W), or (N, H, W, C) channels-last; weight (O, C, kh, kw); bias (O,).
+    Every product runs over a chunk of images at a time (``image_chunks``): the rows of im2col(x)
+    and of y are the images' rows in order, so each formula holds chunk by chunk (dW and db summed).
     """
 
     def __init__(self, stride, padding, channels_last: bool):
         self.stride, self.padding, self.channels_last = pair(stride), pair(padding), channels_last
+
+    def _chunks(self, xp, x, rows_per_image: int):
+        """The batch's image slices, and one (rows, kh·kw·C) buffer big enough for any of them."""
+        width = self.kernel[0] * self.kernel[1] * x.shape[-1]
+        chunks = image_chunks(xp, x.shape[0], rows_per_image * width * x.itemsize)
+        rows = (chunks[0].stop - chunks[0].start) * rows_per_image
+        return chunks, xp.empty((rows, width), dtype=x.dtype)
 
     def forward(self, x, weight, bias=None):
         xp = get_array_module(x)
@@ -172,45 +161,51 @@ class Conv2d(Function):
             raise ValueError(f"conv2d: input has {C} channels, weight expects {C_in}")
         Ho = conv_output_size(H, kh, self.stride[0], self.padding[0])
         Wo = conv_output_size(W, kw, self.stride[1], self.padding[1])
+        self.kernel, self.has_bias = (kh, kw), bias is not None
 
-        cols = im2col(x, (kh, kw), self.stride, self.padding,
-                      out=_scratch.get(xp, (N * Ho * Wo, kh * kw * C), x.dtype))
         # The weight as a matrix whose columns follow cols' (i, j, c) order: (O, kh·kw·C).
         w_mat = weight.transpose(0, 2, 3, 1).reshape(O, kh * kw * C)
-        y = cols @ w_mat.T  # (N·Ho·Wo, O): already the channels-last output
-        if bias is not None:
-            y += bias
+        w_t = xp.ascontiguousarray(w_mat.T)
+        y = xp.empty((N, Ho, Wo, O), dtype=xp.result_type(x.dtype, weight.dtype))  # channels-last output
+        chunks, buffer = self._chunks(xp, x, Ho * Wo)
+        for part in chunks:
+            y_part = y[part].reshape(-1, O)  # a view: a chunk of images is a block of rows
+            cols = im2col(x[part], (kh, kw), self.stride, self.padding, out=buffer[:len(y_part)])
+            xp.matmul(cols, w_t, out=y_part)
+            if bias is not None:
+                y_part += bias
 
         self.x, self.w_mat = x, w_mat
-        self.kernel, self.has_bias = (kh, kw), bias is not None
-        y = y.reshape(N, Ho, Wo, O)
         return y if self.channels_last else xp.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
     def backward(self, gy):
         xp = get_array_module(gy)
         if not self.channels_last:
             gy = gy.transpose(0, 2, 3, 1)
-        O = gy.shape[-1]
-        gy = gy.reshape(-1, O)  # (N·Ho·Wo, O); a copy when gy came in NCHW
+        gy = xp.ascontiguousarray(gy)  # (N, Ho, Wo, O); a copy when gy came in NCHW
+        N, Ho, Wo, O = gy.shape
         kh, kw = self.kernel
-        cols_shape = (gy.shape[0], kh * kw * self.x.shape[-1])
+        need_gx, need_gw = self.needs_input_grad[0], self.needs_input_grad[1]
 
-        # The patch matrix and dcols take turns in the one scratch buffer (see _Scratch): each
-        # block below fills it and is done with it before the other starts, in either order.
-        gx = gw = gb = None
-        if self.needs_input_grad[1]:
-            cols = im2col(self.x, self.kernel, self.stride, self.padding, out=_scratch.get(xp, cols_shape, gy.dtype))
-            # (kh·kw·C, O). Not gyᵀ @ cols = (O, kh·kw·C): OpenBLAS runs that long thin product
-            # up to 10× slower on 2 threads (benchmarks/bench_conv.py --layouts).
-            gw_mat = cols.T @ gy
-            gw = xp.ascontiguousarray(gw_mat.reshape(kh, kw, -1, O).transpose(3, 2, 0, 1))
-        if self.has_bias and self.needs_input_grad[2]:
-            gb = gy.sum(axis=0)
-        if self.needs_input_grad[0]:
-            dcols = xp.matmul(gy, self.w_mat, out=_scratch.get(xp, cols_shape, gy.dtype))
-            gx = col2im(dcols, self.x.shape, self.kernel, self.stride, self.padding)
-            if not self.channels_last:
-                gx = xp.ascontiguousarray(gx.transpose(0, 3, 1, 2))
+        gx = xp.empty(self.x.shape, dtype=gy.dtype) if need_gx else None
+        gw_mat = xp.zeros((self.w_mat.shape[1], O), dtype=gy.dtype) if need_gw else None
+        chunks, cols_buffer = self._chunks(xp, self.x, Ho * Wo)
+        dcols_buffer = xp.empty_like(cols_buffer) if need_gx else None
+        for part in chunks:
+            g = gy[part].reshape(-1, O)
+            if need_gw:
+                cols = im2col(self.x[part], self.kernel, self.stride, self.padding, out=cols_buffer[:len(g)])
+                # (kh·kw·C, O). Not gyᵀ @ cols = (O, kh·kw·C): OpenBLAS runs that long thin product
+                # up to 10× slower on 2 threads (benchmarks/bench_conv.py --layouts).
+                gw_mat += cols.T @ g
+            if need_gx:
+                dcols = xp.matmul(g, self.w_mat, out=dcols_buffer[:len(g)])
+                gx[part] = col2im(dcols, self.x[part].shape, self.kernel, self.stride, self.padding)
+
+        gw = None if gw_mat is None else xp.ascontiguousarray(gw_mat.reshape(kh, kw, -1, O).transpose(3, 2, 0, 1))
+        gb = gy.reshape(-1, O).sum(axis=0) if self.has_bias and self.needs_input_grad[2] else None
+        if need_gx and not self.channels_last:
+            gx = xp.ascontiguousarray(gx.transpose(0, 3, 1, 2))
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
