@@ -180,6 +180,44 @@ def test_train_eval_propagate_and_dropout_follows():
         nn.Dropout(1.0)
 
 
+def test_evaluate_in_batches_covers_each_row_once_in_eval_mode_without_a_graph():
+    model = Model()
+    x = Tensor(rand(7, 3, 3))
+    seen, modes = [], []
+
+    def compute(s):
+        seen.extend(range(7)[s])
+        modes.append(model.training)
+        out = model(x[s])
+        assert out.creator is None and not out.requires_grad  # no graph recorded
+        return out
+
+    out = nn.evaluate_in_batches(model, compute, 7, 3)
+    assert seen == list(range(7)) and modes == [False] * 3 and model.training
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, model.eval()(x).data, rtol=1e-6)
+    scalars = nn.evaluate_in_batches(model, lambda s: float(len(range(7)[s])), 7, 3)  # a scalar is one row
+    np.testing.assert_array_equal(scalars, [3, 3, 1])
+    empty = nn.evaluate_in_batches(model, compute, 0, 3, empty_shape=(0, 4))
+    assert empty.shape == (0, 4) and empty.dtype == np.float32
+
+
+def test_evaluate_in_batches_restores_the_mode_after_an_exception():
+    model = Model()
+
+    def boom(s):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        nn.evaluate_in_batches(model, boom, 5, 2)
+    assert all(m.training for m in model.modules())
+    assert tinyclip.tensor.is_grad_enabled()  # no_grad ended too
+    model.eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        nn.evaluate_in_batches(model, boom, 5, 2)
+    assert not any(m.training for m in model.modules())
+
+
 def test_zero_grad_and_to_cpu():
     model = Model()
     model(rand(2, 3, 3)).sum().backward()

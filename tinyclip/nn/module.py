@@ -14,6 +14,7 @@ assignment is the order of ``parameters()``:
 The registry is the instance ``__dict__`` itself (Python keeps it in insertion
 order): ``named_parameters`` walks it and picks out the Parameters and Modules,
 ``named_buffers`` the Buffers, and ``state_dict`` both.
+``evaluate_in_batches`` is the one inference loop: eval mode, no graph, batch by batch.
 ``__setattr__`` only guards against the classic silent bug, a plain list of layers
 (its parameters would never reach the optimizer): use ``ModuleList`` for those.
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+import numpy as np
+
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import Tensor, no_grad
 
 
 def _float_default(data, dtype):
@@ -240,6 +243,26 @@ class Module:
             body = repr(module).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def evaluate_in_batches(module: Module, compute, n: int, batch_size: int, empty_shape=(0,)) -> np.ndarray:
+    """``compute(s)`` for the slices ``s`` = 0:b, b:2b, ... of ``range(n)``, concatenated as one NumPy array.
+
+    ``compute(s)``: an array or Tensor ``(rows, ...)`` (a scalar is one row), run with ``module``
+    in eval mode and no graph recorded; the module's mode is put back afterwards, also when
+    ``compute`` raises. ``n = 0``: ``np.zeros(empty_shape, float32)``.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with no_grad():
+            parts = []
+            for start in range(0, n, batch_size):
+                value = compute(slice(start, start + batch_size))
+                parts.append(np.atleast_1d(backend.to_numpy(value.data if isinstance(value, Tensor) else value)))
+    finally:
+        module.train(was_training)
+    return np.concatenate(parts) if parts else np.zeros(empty_shape, np.float32)
 
 
 class ModuleList(Module):
