@@ -19,7 +19,7 @@ from ..backend import manual_seed, to_numpy
 from ..data.images import normalize
 from ..losses import clip_loss
 from ..optim import weight_decay_groups
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor
 from .config import CLIPConfig
 from .image_encoder import ImageEncoder
 from .text_encoder import TextEncoder
@@ -131,20 +131,12 @@ class CLIP(nn.Module):
 
         ``images``: uint8 ``(N, S, S, 3)`` as decoded, or normalised float ``(N, 3, S, S)``.
         """
-        return self._embed(lambda s: self.encode_image(self.image_input(images[s])), len(images), batch_size)
+        return nn.evaluate_in_batches(self, lambda s: self.encode_image(self.image_input(images[s])), len(images),
+                                      batch_size, empty_shape=(0, self.config.embed_dim))
 
     def embed_texts(self, captions, batch_size: int = 256) -> np.ndarray:
         """Unit caption embeddings ``(N, D)``; ``captions``: list of strings or ``(ids, padding_mask)``."""
         ids, mask = self.text_input(captions)
         xp = self.logit_scale.xp
-        return self._embed(lambda s: self.encode_text(xp.asarray(ids[s]), xp.asarray(mask[s])), len(ids), batch_size)
-
-    def _embed(self, encode, n: int, batch_size: int) -> np.ndarray:
-        was_training = self.training
-        self.eval()
-        try:
-            with no_grad():
-                parts = [to_numpy(encode(slice(i, i + batch_size)).data) for i in range(0, n, batch_size)]
-        finally:
-            self.train(was_training)
-        return np.concatenate(parts) if parts else np.zeros((0, self.config.embed_dim), np.float32)
+        return nn.evaluate_in_batches(self, lambda s: self.encode_text(xp.asarray(ids[s]), xp.asarray(mask[s])),
+                                      len(ids), batch_size, empty_shape=(0, self.config.embed_dim))
