@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import nn, optim
-from ..backend import to_numpy
 from ..io import atomic_write
 from ..functional.loss import binary_cross_entropy_with_logits, cross_entropy
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor
 
 LOSSES = ("binary", "multiclass", "multilabel")
 MIN_HELD_OUT = 10  # a held-out part smaller than this (tiny few-shot sets) is not split off
@@ -210,7 +209,6 @@ def fit(model, inputs, targets, kind: str, *, lr: float = 1e-3, weight_decay: fl
                 if since_best >= patience:
                     stopped_early = True
                     break
-            model.train()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -223,28 +221,25 @@ def evaluate_loss(model, inputs, targets, kind: str, index=None, batch_size: int
                   weights=None) -> float:
     """Mean (row-``weights``-weighted) loss over the rows ``index`` (all by default), in eval mode, no graph."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    targets = np.asarray(targets)
     index = np.arange(len(targets)) if index is None else np.asarray(index)
-    model.eval()
-    total = 0.0
-    with no_grad():
-        for start in range(0, len(index), batch_size):
-            part = index[start:start + batch_size]
-            x, t, w = _to_device(model, _batch(inputs, part, prepare), np.asarray(targets)[part], kind,
-                                 None if weights is None else weights[part])
-            total += float(_loss(model(*x), t, kind, w).item()) * len(part)
-    return total / max(len(index), 1)
+
+    def batch_total(s):  # the batch's mean loss times its rows (float64)
+        part = index[s]
+        x, t, w = _to_device(model, _batch(inputs, part, prepare), targets[part], kind,
+                             None if weights is None else weights[part])
+        return float(_loss(model(*x), t, kind, w).item()) * len(part)
+
+    totals = nn.evaluate_in_batches(model, batch_total, len(index), batch_size)
+    return float(sum(totals)) / max(len(index), 1)  # left to right, as a running total (np.sum adds pairwise)
 
 
 def predict(model, inputs, batch_size: int = 512, prepare=None) -> np.ndarray:
-    """Logits of ``model`` on all rows of ``inputs`` as a NumPy array (eval mode, no graph)."""
+    """Logits of ``model`` on all rows of ``inputs`` as a NumPy array (eval mode, no graph); no rows: ``(0, 1)``."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    model.eval()
-    parts = []
-    with no_grad():
-        for start in range(0, len(inputs[0]), batch_size):
-            part = np.arange(start, min(start + batch_size, len(inputs[0])))
-            parts.append(to_numpy(model(*_to_device(model, _batch(inputs, part, prepare))).data))
-    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+    rows = np.arange(len(inputs[0]))
+    return nn.evaluate_in_batches(model, lambda s: model(*_to_device(model, _batch(inputs, rows[s], prepare))),
+                                  len(rows), batch_size, empty_shape=(0, 1))
 
 
 # ---------------------------------------------------------------------------
