@@ -46,7 +46,7 @@ from .models.config import IMAGE_TOWERS
 from .models.clip import l2_normalize
 from .recipes import DEFAULT_RECIPE, RECIPE_FLAGS, RECIPES, apply_recipe
 from .tasks.retrieval import retrieval_metrics, same_caption
-from .tensor import Tensor, no_grad
+from .tensor import Tensor
 from .text import Tokenizer
 
 # The files of a run directory (removed before a new run starts in it, so nothing of an old run mixes in).
@@ -203,14 +203,13 @@ def validate(model, images, ids, mask, captions, index, batch_size: int, comm=di
     image_emb = comm.allgather(model.embed_images(images[part], batch_size))
     text_emb = comm.allgather(model.embed_texts((ids[part], mask[part]), batch_size))
     scale = Tensor(backend.to_numpy(model.logit_scale.data).astype(image_emb.dtype))
-    total = 0.0
-    with no_grad():
-        for start in range(0, len(index), batch_size):
-            part = slice(start, start + batch_size)
-            total += float(clip_loss(Tensor(image_emb[part]), Tensor(text_emb[part]), scale).item()) * len(
-                image_emb[part])
+
+    def batch_total(s):  # the batch's mean loss times its pairs (float64)
+        return float(clip_loss(Tensor(image_emb[s]), Tensor(text_emb[s]), scale).item()) * len(image_emb[s])
+
+    totals = nn.evaluate_in_batches(model, batch_total, len(index), batch_size)
     recall = retrieval_metrics(image_emb @ text_emb.T, same_caption([captions[i] for i in index]), ks=(10,))
-    return {"val_loss": total / max(len(index), 1), "val_r10_i2t": recall["i2t_R@10"],
+    return {"val_loss": float(sum(totals)) / max(len(index), 1), "val_r10_i2t": recall["i2t_R@10"],
             "val_r10_t2i": recall["t2i_R@10"]}
 
 
