@@ -1,22 +1,12 @@
 """The images of the synthetic set: one NumPy renderer per modality, drawn on coordinate grids.
 
-The modalities differ the way real ones do, so a small CNN can learn them but
-a single pixel statistic cannot:
-
-* CT: an oval body cross-section on black air, even grey soft tissue, bright
-  bone (ribs, vertebra, skull), dark lungs in the chest.
-* MRI: smooth, low-noise tissue; bone is dark, fat and fluid are bright.
-* Ultrasound: a fan-shaped (or rectangular) field on black, filled with speckle
-  that fades with depth; cysts are black.
-* Fluoroscopy: a dim, low-contrast field, often circular, crossed by a dark
-  contrast-filled tube (esophagus, stomach or colon).
-* X-ray: projections with bright bones; chest films with dark lungs and ribs,
-  limb films with long bones.
-* Angiography: dark branching vessels on a light, subtracted background.
-
-Findings change the image too (a mass or cyst is a blob, consolidation a
-patchy opacity in the named lung, stenosis a narrowed vessel or tube, ...), so
-captions and images agree.
+The modalities differ the way real ones do (CT's bright bone on black air,
+MRI's dark bone and bright fluid, ultrasound's speckled fan, fluoroscopy's dim
+field crossed by a dark lumen, X-ray's bright bones, angiography's dark vessels
+on a light background), so a small CNN can learn them but a single pixel
+statistic cannot. Every region and finding a caption names is drawn as well
+(a mass or cyst is a disc, consolidation a patchy opacity in the named lung,
+stenosis a narrowed vessel or lumen, ...), so captions and images agree.
 """
 
 from __future__ import annotations
@@ -70,54 +60,41 @@ def _ellipse(u, v, cx, cy, a, b, edge=0.04):
     return np.clip((1 - r2) * (np.minimum(a, b) / (2 * edge)) + 0.5, 0, 1)
 
 
+def _pair(u, v, x, y, a, b, edge=0.04):
+    """Two ellipses mirrored about the midline, centred at (-x, y) and (x, y): lungs, ventricles."""
+    return np.maximum(_ellipse(u, v, -x, y, a, b, edge), _ellipse(u, v, x, y, a, b, edge))
+
+
 def _tube_distance(u, v, starts, ends, widths):
     """How far each pixel is from the nearest of K tubes, as (distance / tube width)**2: below 1 is inside.
 
-    ``starts`` and ``ends`` (k, K, 2) are the end points of each tube's axis
-    and ``widths`` (k, K) its half-width; the ends are rounded. A tube whose
-    start equals its end is a disc, and one of width 0 is absent. One result
-    serves tubes of any thickness: ``q / c**2`` is the distance to tubes ``c``
-    times as wide.
+    ``starts`` and ``ends`` (k, K, 2) are the ends of each tube's axis (rounded), ``widths`` (k, K) its
+    half-width; a tube of length 0 is a disc, one of width 0 is absent. ``q / c**2`` is the distance to
+    tubes ``c`` times as wide.
     """
-    starts, ends, widths = (np.asarray(a, dtype=_F32) for a in (starts, ends, widths))
+    starts, ends, widths = (np.asarray(a, dtype=_F32)[..., None, None] for a in (starts, ends, widths))
     nearest = np.full(u.shape, np.inf, dtype=_F32)
-    # This loop is the generator's hot spot, so it works in place in three reused buffers.
-    t, ex, ey = (np.empty(u.shape, dtype=_F32) for _ in range(3))
     for j in range(widths.shape[1]):
-        w = widths[:, j, None, None]
-        if not w.any():
-            continue
-        x0, y0 = starts[:, j, 0, None, None], starts[:, j, 1, None, None]
-        dx, dy = ends[:, j, 0, None, None] - x0, ends[:, j, 1, None, None] - y0
-        length2 = dx * dx + dy * dy + 1e-9
-        # t: position of the closest point on the axis, clip(((u - x0) dx + (v - y0) dy) / length**2, 0, 1).
-        np.multiply(u, dx / length2, out=t)
-        np.multiply(v, dy / length2, out=ex)
-        t += ex
-        t -= (x0 * dx + y0 * dy) / length2
-        np.clip(t, 0, 1, out=t)
-        # (ex, ey) = (u, v) - (x0, y0) - t (dx, dy): from that closest point to the pixel.
-        np.multiply(t, dx, out=ex)
-        np.subtract(u, ex, out=ex)
-        ex -= x0
-        np.multiply(t, dy, out=ey)
-        np.subtract(v, ey, out=ey)
-        ey -= y0
-        np.square(ex, out=ex)
-        np.square(ey, out=ey)
-        ex += ey
-        ex *= np.where(w > 0, 1 / np.maximum(w, 1e-6) ** 2, 0).astype(_F32)
-        ex += np.where(w > 0, 0, np.inf).astype(_F32)  # samples without this tube
-        np.minimum(nearest, ex, out=nearest)
+        w = widths[:, j]
+        x0, y0 = starts[:, j, 0], starts[:, j, 1]
+        dx, dy = ends[:, j, 0] - x0, ends[:, j, 1] - y0
+        ex, ey = u - x0, v - y0
+        # t: where the point of the axis closest to the pixel lies, 0 at the start and 1 at the end.
+        t = np.clip((ex * dx + ey * dy) / (dx * dx + dy * dy + 1e-9), 0, 1)
+        q = ((ex - t * dx) ** 2 + (ey - t * dy) ** 2) / np.maximum(w, 1e-6) ** 2
+        np.minimum(nearest, q, out=nearest, where=w > 0)
     return nearest
 
 
-def _tube(q, scale=1.0, hardness=1.0):
-    """Profile 0..1 of tubes ``scale`` times as wide as those ``q`` was measured for.
+def _fixed_tubes(u, v, segments):
+    """``_tube_distance`` to the same tubes in every sample; ``segments`` (K, 5) holds (x0, y0, x1, y1, half-width)."""
+    tubes = np.broadcast_to(np.asarray(segments, dtype=_F32), (len(u), len(segments), 5))
+    return _tube_distance(u, v, tubes[..., 0:2], tubes[..., 2:4], tubes[..., 4])
 
-    ``1 - q`` is roughly the thickness of a cylinder seen from the side;
-    ``hardness`` > 1 flattens it into a solid rod with a soft edge.
-    """
+
+def _tube(q, scale=1.0, hardness=1.0):
+    """Profile 0..1 of tubes ``scale`` times as wide as those ``q`` was measured for: about a cylinder's
+    thickness seen from the side (``1 - q``), flattened into a solid rod with a soft edge by ``hardness`` > 1."""
     return np.clip((1 - q / scale**2) * hardness, 0, 1)
 
 
@@ -128,22 +105,13 @@ def _gaussian_matrix(size: int, centres: np.ndarray, sigma: float) -> np.ndarray
 
 
 def _separable(matrix: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """``matrix @ image @ matrix.T`` for each image of a (k, n, n) stack -> (k, m, m).
-
-    Done as two large matrix products over the whole stack, several times
-    faster than NumPy's batched matmul over many small matrices.
-    """
+    """``matrix @ image @ matrix.T`` for each image of a (k, n, n) stack -> (k, m, m), as two large matrix
+    products over the whole stack: several times faster than NumPy's batched matmul over small matrices."""
     k, n, _ = images.shape
     m = matrix.shape[0]
     rows = (images.reshape(k * n, n) @ matrix.T).reshape(k, n, m)
     both = rows.transpose(0, 2, 1).reshape(k * m, n) @ matrix.T
     return np.ascontiguousarray(both.reshape(k, m, m).transpose(0, 2, 1))
-
-
-def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur with ``sigma`` in pixels."""
-    size = images.shape[-1]
-    return _separable(_gaussian_matrix(size, np.arange(size) + 0.5, sigma), images)
 
 
 def _smooth_noise(rng: np.random.Generator, k: int, size: int, cells: int) -> np.ndarray:
@@ -175,6 +143,8 @@ def _blob(rng, rows, u, v, spread_x, spread_y, radius=(0.08, 0.16)):
 
 
 def _render_ct(rng, rows, size, region):
+    """Axial slice: an oval body on black air; a bright skull with dark ventricles, or soft tissue with a
+    bright vertebra and dark lungs (chest) or a denser liver (abdomen); masses and cysts are discs."""
     k = len(rows)
     u, v = _coords(rng, k, size)
     texture = _smooth_noise(rng, k, size, 8)
@@ -182,39 +152,28 @@ def _render_ct(rng, rows, size, region):
         a, b = _param(rng, k, 0.66, 0.74), _param(rng, k, 0.8, 0.88)
     else:
         a, b = _param(rng, k, 0.8, 0.92), _param(rng, k, 0.55, 0.7)
-    body = _ellipse(u, v, 0, 0, a, b, 0.01)
-    inside = _ellipse(u, v, 0, 0, a - 0.06, b - 0.06, 0.01)
+    body, inside = (_ellipse(u, v, 0, 0, a - d, b - d, 0.01) for d in (0.0, 0.06))
     if region == "brain":
         # A bright skull around grey brain with dark, fluid-filled ventricles.
         image = _paint(0.02 + 0.93 * body, inside, 0.42 + 0.02 * texture)
-        ventricles = np.maximum(_ellipse(u, v, -0.1, -0.05, 0.07, 0.2), _ellipse(u, v, 0.1, -0.05, 0.07, 0.2))
-        image = _paint(image, ventricles, 0.25)
+        image = _paint(image, _pair(u, v, 0.1, -0.05, 0.07, 0.2), 0.25)
     else:
-        # Darker fat under the skin around soft tissue, then organs, ribs and a vertebra at the back.
+        # Darker fat under the skin around soft tissue, then lungs or liver, and a vertebra at the back.
         image = _paint(0.02 + 0.3 * body, inside, 0.45 + 0.03 * texture)
         if region == "chest":
-            lungs = np.maximum(
-                _ellipse(u, v, -a * 0.45, -0.05, a * 0.33, b * 0.6), _ellipse(u, v, a * 0.45, -0.05, a * 0.33, b * 0.6)
-            )
+            lungs = _pair(u, v, a * 0.45, -0.05, a * 0.33, b * 0.6)
             image = _paint(image, lungs, 0.05 + 0.03 * np.clip(_smooth_noise(rng, k, size, 10), 0, None))
         else:
-            liver = _ellipse(u, v, -a * 0.4, -0.1, a * 0.45, b * 0.55)  # on the image's left, the patient's right
-            image = image + 0.06 * liver
-            bowel_gas = np.clip((_smooth_noise(rng, k, size, 10) - 1.5) * 4, 0, 1) * inside * (1 - liver)
-            image = _paint(image, bowel_gas, 0.05)
-        angle = np.arctan2(v / b, u / a)
-        rib_ring = _ellipse(u, v, 0, 0, a - 0.08, b - 0.08, 0.01) - _ellipse(u, v, 0, 0, a - 0.13, b - 0.13, 0.01)
-        ribs = rib_ring * (np.cos(angle * 14 + _param(rng, k, 0, 6.3)) > 0.1)
-        vertebra = _ellipse(u, v, 0, b * 0.6, 0.1, 0.09, 0.01)
-        image = _paint(image, np.maximum(ribs, vertebra), 0.9)
+            image = image + 0.06 * _ellipse(u, v, -a * 0.4, -0.1, a * 0.45, b * 0.55)  # liver, on the patient's right
+        image = _paint(image, _ellipse(u, v, 0, b * 0.6, 0.1, 0.09, 0.01), 0.9)
     blob, _ = _blob(rng, rows, u, v, 0.35, 0.3)
     image = _paint(image, blob * _has(rows, "mass"), _either(rng, k, 0.34, 0.6) + 0.04 * texture)
-    image = _paint(image, blob * _has(rows, "cyst"), 0.3)
-    table = (np.abs(v - b - 0.12) < 0.025) * (np.abs(u) < 0.9)  # the scanner table under the patient
-    return np.maximum(image, 0.35 * table)
+    return _paint(image, blob * _has(rows, "cyst"), 0.3)
 
 
 def _render_mri(rng, rows, size, region):
+    """Smooth, low-noise slice where bone is dark and fat and fluid are bright: a brain, a coronal knee or a
+    sagittal lumbar spine; a mass is a grey-bright disc, a cyst a very bright one."""
     k = len(rows)
     u, v = _coords(rng, k, size)
     texture = _smooth_noise(rng, k, size, 14)
@@ -223,23 +182,19 @@ def _render_mri(rng, rows, size, region):
         a, b = _param(rng, k, 0.66, 0.74), _param(rng, k, 0.8, 0.88)
         scalp, skull, fluid, brain = (_ellipse(u, v, 0, 0, a - d, b - d, 0.01) for d in (0.0, 0.04, 0.08, 0.11))
         image = _paint(_paint(_paint(0.75 * scalp, skull, 0.05), fluid, 0.7), brain, 0.45 + 0.1 * texture)
-        ventricles = np.maximum(_ellipse(u, v, -0.1, -0.05, 0.06, 0.18), _ellipse(u, v, 0.1, -0.05, 0.06, 0.18))
-        image = _paint(image, ventricles, 0.85)
+        image = _paint(image, _pair(u, v, 0.1, -0.05, 0.06, 0.18), 0.85)
     elif region == "knee":
-        # Coronal: bright fat under the skin around grey muscle; femur above tibia, each with a dark
-        # cortex around bright fatty marrow, and a thin bright line of joint fluid between them.
+        # Bright fat under the skin around grey muscle; femur above tibia, each a dark cortex around
+        # bright fatty marrow, and a thin bright line of joint fluid between them.
         fat, muscle = _ellipse(u, v, 0, 0, 0.7, 1.6, 0.02), _ellipse(u, v, 0, 0, 0.62, 1.6, 0.02)
         image = _paint(0.8 * fat, muscle, 0.35 + 0.05 * texture)
-        widths = rng.uniform(0.28, 0.36, (k, 1)) * np.array([[1.0, 0.9]])
-        starts = np.broadcast_to(np.array([[0, -0.1], [0, 0.1]], _F32), (k, 2, 2))
-        ends = np.broadcast_to(np.array([[0, -1.4], [0, 1.4]], _F32), (k, 2, 2))
-        q = _tube_distance(u, v, starts, ends, widths)
+        q = _fixed_tubes(u, v, [(0, -0.1, 0, -1.4, 0.32), (0, 0.1, 0, 1.4, 0.29)])
         image = _paint(image, _tube(q, 1.0, 4), 0.08)
         image = _paint(image, _tube(q, 0.8, 4), 0.7 + 0.05 * texture)
         image = _paint(image, (np.abs(v) < 0.035) * (np.abs(u) < 0.25), 0.85)
     else:
-        # Sagittal lumbar spine: vertebral bodies with bright discs between them, and behind them
-        # the bright fluid of the spinal canal around a darker cord.
+        # Vertebral bodies with bright discs between them, and behind them the bright fluid of the
+        # spinal canal around a darker cord.
         image = 0.35 * _ellipse(u, v, 0, 0, 0.85, 1.6, 0.02) + 0.05 * texture
         level = np.mod(v * 3.0 + _param(rng, k, 0, 1), 1.0)
         column = np.abs(u) < 0.28
@@ -256,17 +211,16 @@ _ULTRASOUND_ORGANS = {"liver": (0.6, 0.42), "abdomen": (0.45, 0.3), "kidney": (0
 
 
 def _render_ultrasound(rng, rows, size, region):
+    """A fan of speckled echoes on black, fading with depth, around the region's organ with its bright
+    capsule; a mass is a dark or bright disc, a cyst a black one with brighter tissue behind it."""
     k = len(rows)
     u, v = _coords(rng, k, size, shift=0.03, rotate=0.03)
-    # Field of view: a fan from a curved probe at the top (70%) or a rectangle from a linear one.
+    # The field of view: a fan from a curved probe just above the image.
     apex = _param(rng, k, -1.05, -0.95)
     radius = np.sqrt(u**2 + (v - apex) ** 2)
     half_angle = _param(rng, k, 0.55, 0.75)
-    fan = np.clip((half_angle - np.abs(np.arctan2(u, v - apex))) * 30, 0, 1) * (radius > 0.15) * (radius < 1.85)
-    rectangle = (np.abs(u) < 0.75) * (v > -0.9) * (v < 0.9)
-    linear = (rng.random((k, 1, 1)) < 0.3).astype(_F32)
-    field = linear * rectangle + (1 - linear) * fan
-    depth = linear * (v + 0.9) + (1 - linear) * (radius - 0.15)
+    field = np.clip((half_angle - np.abs(np.arctan2(u, v - apex))) * 30, 0, 1) * (radius > 0.15) * (radius < 1.85)
+    depth = radius - 0.15
     # Tissue: a soft echo texture, bright layers just under the probe, an organ with a bright capsule.
     echo = 0.5 + 0.1 * _smooth_noise(rng, k, size, 5) + 0.15 * np.cos(depth * 25) * (depth < 0.35)
     ox, oy = _param(rng, k, -0.2, 0.2), _param(rng, k, 0.15, 0.4)
@@ -285,20 +239,19 @@ def _render_ultrasound(rng, rows, size, region):
     # Speckle: a multiplicative, Rayleigh-distributed grain about two pixels wide.
     g = _gaussian_matrix(size, np.arange(1.0, size, 2), 1.0)
     grain = (k, g.shape[1], g.shape[1])
-    speckle = np.hypot(
-        _separable(g, rng.standard_normal(grain, dtype=_F32)), _separable(g, rng.standard_normal(grain, dtype=_F32))
-    )
+    speckle = np.hypot(*(_separable(g, rng.standard_normal(grain, dtype=_F32)) for _ in range(2)))
     speckle = 0.4 + 0.6 * speckle / speckle.mean(axis=(1, 2), keepdims=True)
     return field * echo * speckle * np.exp(-0.6 * depth)  # echoes fade with depth
 
 
 def _render_fluoroscopy(rng, rows, size, region):
+    """A dim field, often circular, crossed by a dark contrast-filled lumen shaped by the organ; stenosis
+    narrows one segment, a diverticulum is a pouch beside it."""
     k = len(rows)
     u, v = _coords(rng, k, size, shift=0.1, rotate=0.3)
     image = _param(rng, k, 0.5, 0.65) + 0.04 * _smooth_noise(rng, k, size, 3)
-    image = image + 0.06 * (np.abs(u - _param(rng, k, -0.25, 0.25)) < 0.12)  # faint spine shadow
-    # The contrast-filled lumen: a polyline whose course and calibre depend on the organ, plus a
-    # random sideways sway. s runs along it from 0 to 1.
+    # The lumen: a polyline whose course and calibre depend on the organ, plus a random sideways
+    # sway. s runs along it from 0 to 1.
     n = 7
     s = np.linspace(0, 1, n)[None, :]
     sway = rng.uniform(0.05, 0.15, (k, 1)) * np.sin(rng.uniform(2, 5, (k, 1)) * s * np.pi + rng.uniform(0, 6.3, (k, 1)))
@@ -322,10 +275,8 @@ def _render_fluoroscopy(rng, rows, size, region):
     lumen = np.sqrt(_tube(_tube_distance(u, v, starts, ends, np.concatenate([widths, pouch_width[:, None]], 1))))
     image = image * (1 - _param(rng, k, 0.45, 0.65) * lumen)
     # Most show the round field of the image intensifier.
-    t = (np.arange(size, dtype=_F32) + 0.5) * (2 / size) - 1
-    radius = np.sqrt(t[None, None, :] ** 2 + t[None, :, None] ** 2)
     circular = (rng.random((k, 1, 1)) < 0.6).astype(_F32)
-    field = 1 - circular * np.clip((radius - _param(rng, k, 0.9, 1.05)) * 40, 0, 1)
+    field = 1 - circular * np.clip((np.hypot(u, v) - _param(rng, k, 0.9, 1.05)) * 40, 0, 1)
     return 0.03 + image * field
 
 
@@ -336,9 +287,7 @@ def _render_chest_xray(rng, rows, u, v):
     image = 0.03 + 0.42 * torso
     lung_x = _param(rng, k, 0.33, 0.4)
     lung_a, lung_b = _param(rng, k, 0.25, 0.3), _param(rng, k, 0.5, 0.6)
-    lungs = np.maximum(
-        _ellipse(u, v, -lung_x, -0.05, lung_a, lung_b, 0.06), _ellipse(u, v, lung_x, -0.05, lung_a, lung_b, 0.06)
-    )
+    lungs = _pair(u, v, lung_x, -0.05, lung_a, lung_b, 0.06)
     image = _paint(image, lungs, 0.16 + 0.03 * _smooth_noise(rng, k, size, 12))
     # Posterior ribs: thin bands that curve down towards the sides.
     phase = (v + 0.35 * u**2) * _param(rng, k, 4.5, 5.5) + _param(rng, k, 0, 1)
@@ -346,13 +295,6 @@ def _render_chest_xray(rng, rows, u, v):
     heart = _ellipse(u, v, 0.15, 0.3, _param(rng, k, 0.27, 0.33), 0.26, 0.05)
     image = _paint(image, heart, 0.6)
     image = _paint(image, (np.abs(u) < 0.1) * torso, 0.62)  # spine and mediastinum
-    clavicles = _tube_distance(
-        u, v,
-        np.broadcast_to(np.array([[-0.1, -0.62], [0.1, -0.62]], _F32), (k, 2, 2)),
-        np.broadcast_to(np.array([[-0.6, -0.72], [0.6, -0.72]], _F32), (k, 2, 2)),
-        np.full((k, 2), 0.035, dtype=_F32),
-    )
-    image = image + 0.25 * _tube(clavicles, 1.0, 3)
     # Pneumonia: patchy opacity in the lower lobe the caption names (the patient's right is the image's left).
     lung_centre = np.where((rows["side"].to_numpy() == "right")[:, None, None], -lung_x, lung_x)
     lower_lobe = _ellipse(u, v, lung_centre, 0.2, lung_a * 0.9, lung_b * 0.5, 0.1)
@@ -361,56 +303,44 @@ def _render_chest_xray(rng, rows, u, v):
     return _paint(image, opacity, 0.5)
 
 
-def _limb_bones(region: str) -> np.ndarray:
-    """(K, 5) bone segments (x0, y0, x1, y1, half-width) of a knee or hand film."""
-    if region == "knee":  # femur above the joint, tibia and the thin fibula below it
-        return np.array([(0, -1.3, 0, -0.14, 0.2), (0, 0.08, 0, 1.3, 0.18), (0.25, 0.2, 0.27, 1.3, 0.05)])
-    bones = []  # hand: four fingers, each a metacarpal and three phalanges with joint spaces between
-    for x in (-0.36, -0.12, 0.12, 0.36):
-        joints = [(x * 0.8, 0.9), (x, 0.2), (x * 1.15, -0.25), (x * 1.25, -0.6), (x * 1.3, -0.85)]
-        bones += [(x0, y0 - 0.04, x1, y1 + 0.04, 0.045) for (x0, y0), (x1, y1) in zip(joints[:-1], joints[1:])]
-    return np.array(bones)
-
-
-def _render_limb_xray(rng, rows, u, v, region):
-    """Knee or hand film: soft tissue around bright bones with a darker marrow canal; a fracture is a dark line."""
-    k = len(rows)
-    bones = _limb_bones(region).astype(_F32)
-    bones = np.broadcast_to(bones, (k, *bones.shape))
-    starts, ends, widths = bones[..., 0:2], bones[..., 2:4], bones[..., 4]
-    q = _tube_distance(u, v, starts, ends, widths)
-    bone = _tube(q, 1.0, 3)
-    image = 0.04 + 0.3 * _tube(q, 2.3 if region == "knee" else 2.2, 4) + 0.45 * bone - 0.12 * _tube(q, 0.5, 2)
-    # Fracture: a thin dark line across the middle of the femur or tibia, or of a metacarpal.
-    pick = rng.integers(0, 2, k) if region == "knee" else 4 * rng.integers(0, 4, k)
-    samples = np.arange(k)
-    centre = (starts[samples, pick] + ends[samples, pick]) / 2
-    angle = rng.uniform(-0.6, 0.6, k)
-    half_length = (0.6 * widths[samples, pick] + 0.05)[:, None] * np.stack([np.cos(angle), np.sin(angle)], -1)
-    line = _tube_distance(
-        u, v, (centre - half_length)[:, None], (centre + half_length)[:, None],
-        0.02 * (rows["finding"].to_numpy() == "fracture")[:, None],
-    )
-    return image - 0.4 * _tube(line, 1.0, 2) * bone
+# The bones of the limb films, as (x0, y0, x1, y1, half-width).
+_LIMB_BONES = {
+    "knee": ((0, -1.3, 0, -0.14, 0.2), (0, 0.08, 0, 1.3, 0.18), (0.25, 0.2, 0.27, 1.3, 0.05)),  # femur, tibia, fibula
+    "hand": tuple((0.8 * x, 0.9, 1.3 * x, -0.85, 0.045) for x in (-0.36, -0.12, 0.12, 0.36)),  # four fingers
+}
 
 
 def _render_xray(rng, rows, size, region):
-    u, v = _coords(rng, len(rows), size)
+    """A chest film (``_render_chest_xray``), or a knee or hand film: soft tissue around bright long bones,
+    a fracture a dark line across one."""
+    k = len(rows)
+    u, v = _coords(rng, k, size)
     if region == "chest":
         return _render_chest_xray(rng, rows, u, v)
-    return _render_limb_xray(rng, rows, u, v, region)
+    bones = np.array(_LIMB_BONES[region], dtype=_F32)
+    q = _fixed_tubes(u, v, bones)
+    bone = _tube(q, 1.0, 3)
+    image = 0.04 + 0.3 * _tube(q, 2.3, 4) + 0.45 * bone
+    # Fracture: a thin dark line, tilted at random, across the middle of the femur or tibia, or of a finger.
+    broken = bones[rng.integers(0, 2 if region == "knee" else len(bones), k)]
+    centre = (broken[:, 0:2] + broken[:, 2:4]) / 2
+    angle = rng.uniform(-0.6, 0.6, k)
+    half_length = (0.6 * broken[:, 4] + 0.05)[:, None] * np.stack([np.cos(angle), np.sin(angle)], -1)
+    width = 0.02 * (rows["finding"].to_numpy() == "fracture")[:, None]
+    line = _tube_distance(u, v, (centre - half_length)[:, None], (centre + half_length)[:, None], width)
+    return image - 0.4 * _tube(line, 1.0, 2) * bone
 
 
 # Where the main vessel enters and the direction it heads in (radians; -pi/2 points up).
 _ANGIOGRAPHY_ENTRY = {
-    "brain": ((0.0, 1.1), -np.pi / 2),
-    "kidney": ((-1.1, 0.1), 0.0),
-    "heart": ((-0.8, -1.1), np.pi / 3),
-    "leg": ((0.0, -1.1), np.pi / 2),
+    "brain": ((0.0, 1.1), -np.pi / 2), "kidney": ((-1.1, 0.1), 0.0),
+    "heart": ((-0.8, -1.1), np.pi / 3), "leg": ((0.0, -1.1), np.pi / 2),
 }
 
 
 def _render_angiography(rng, rows, size, region):
+    """Subtracted angiogram: on a light background, a catheter leads into a dark vessel that enters from the
+    region's edge and forks in two; stenosis narrows the vessel, an aneurysm is a round sac at the fork."""
     k = len(rows)
     u, v = _coords(rng, k, size, shift=0.05, rotate=0.4)
     image = _param(rng, k, 0.72, 0.88) + 0.03 * _smooth_noise(rng, k, size, 3)
@@ -421,64 +351,44 @@ def _render_angiography(rng, rows, size, region):
 
     # The trunk enters at the region's edge (shifted sideways at random) and is three collinear
     # segments, so that a stenosis can narrow the middle one.
-    entry, heading = _ANGIOGRAPHY_ENTRY[region]
-    start = np.array(entry) + rng.uniform(-0.3, 0.3, (k, 1)) * direction(np.full(k, heading + np.pi / 2))
+    edge, heading = _ANGIOGRAPHY_ENTRY[region]
+    entry = np.array(edge) + rng.uniform(-0.3, 0.3, (k, 1)) * direction(np.full(k, heading + np.pi / 2))
     angle = heading + rng.uniform(-0.3, 0.3, k)
-    length, width = rng.uniform(0.7, 0.9, k), rng.uniform(0.05, 0.07, k)
-    step = direction(angle) * length[:, None]
-    trunk = [start + f * step for f in (0.0, 0.4, 0.65, 1.0)]
+    length, width = rng.uniform(0.7, 0.9, (k, 1)), rng.uniform(0.05, 0.07, k)
+    step = direction(angle) * length
+    start, middle_start, middle_end, fork = (entry + f * step for f in (0.0, 0.4, 0.65, 1.0))
+    sac = fork + rng.uniform(-1, 1, (k, 2)) * width[:, None]
     tubes = [  # (start, end, half-width), each (k, 2), (k, 2), (k,)
-        (trunk[0], trunk[1], width),
-        (trunk[1], trunk[2], np.where(finding == "stenosis", 0.3, 1.0) * width),
-        (trunk[2], trunk[3], width),
-        (trunk[0] - step, trunk[0], np.full(k, 0.012)),  # the catheter, coming in from outside the image
+        (start - step, start, np.full(k, 0.012)),  # the catheter, coming in from outside the image
+        (start, middle_start, width),
+        (middle_start, middle_end, np.where(finding == "stenosis", 0.3, 1.0) * width),
+        (middle_end, fork, width),
+        (sac, sac, np.where(finding == "aneurysm", 2.5, 0.0) * width),
     ]
-    # A binary tree of branches, three generations deep, grown from the end of the trunk.
-    tips = [(trunk[3], angle, length, width)]
-    for _ in range(3):
-        grown = []
-        for tip, tip_angle, tip_length, tip_width in tips:
-            for sign in (-1, 1):
-                branch_angle = tip_angle + sign * rng.uniform(0.35, 0.8, k)
-                branch_length = tip_length * rng.uniform(0.55, 0.8, k)
-                branch_width = tip_width * 0.7 * (rng.random(k) < 0.9)  # prune some branches and their children
-                end = tip + direction(branch_angle) * branch_length[:, None]
-                tubes.append((tip, end, branch_width))
-                grown.append((end, branch_angle, branch_length, branch_width))
-        tips = grown
-    # An aneurysm: a round sac (a disc) where the trunk divides.
-    sac = trunk[3] + rng.uniform(-1, 1, (k, 2)) * width[:, None]
-    tubes.append((sac, sac, np.where(finding == "aneurysm", 2.5, 0.0) * width))
+    for sign in (-1, 1):  # two branches, thinner and shorter than the trunk
+        end = fork + direction(angle + sign * rng.uniform(0.35, 0.8, k)) * length * rng.uniform(0.55, 0.8, (k, 1))
+        tubes.append((fork, end, 0.7 * width))
     starts, ends, widths = (np.stack(x, 1) for x in zip(*tubes))
     vessels = np.sqrt(_tube(_tube_distance(u, v, starts, ends, widths)))
     return image * (1 - 0.8 * vessels)
 
 
-_RENDERERS = {
-    "ct": _render_ct,
-    "mri": _render_mri,
-    "ultrasound": _render_ultrasound,
-    "fluoroscopy": _render_fluoroscopy,
-    "xray": _render_xray,
-    "angiography": _render_angiography,
-}
-# Per modality: (sensor noise standard deviation, blur sigma in pixels at 128 px).
-_FINISH = {
-    "ct": (0.03, 0.5),
-    "mri": (0.015, 1.2),
-    "ultrasound": (0.01, 0.0),
-    "fluoroscopy": (0.035, 0.8),
-    "xray": (0.02, 0.8),
-    "angiography": (0.03, 0.6),
+# Per modality: (renderer, sensor noise standard deviation, blur sigma in pixels at 128 px).
+_MODALITIES = {
+    "ct": (_render_ct, 0.03, 0.5),
+    "mri": (_render_mri, 0.015, 1.2),
+    "ultrasound": (_render_ultrasound, 0.01, 0.0),
+    "fluoroscopy": (_render_fluoroscopy, 0.035, 0.8),
+    "xray": (_render_xray, 0.02, 0.8),
+    "angiography": (_render_angiography, 0.03, 0.6),
 }
 
 
-def _finish(rng: np.random.Generator, image: np.ndarray, modality: str) -> np.ndarray:
+def _finish(rng: np.random.Generator, image: np.ndarray, noise: float, blur: float) -> np.ndarray:
     """Blur, random contrast, sensor noise; float (k, S, S) -> uint8 (k, S, S)."""
     k, size = len(image), image.shape[-1]
-    noise, blur = _FINISH[modality]
-    if blur:
-        image = _blur(image, blur * size / 128)
+    if blur:  # Gaussian; sigma grows with the image, so every size is blurred alike
+        image = _separable(_gaussian_matrix(size, np.arange(size) + 0.5, blur * size / 128), image)
     image = image * _param(rng, k, 0.85, 1.15) + _param(rng, k, -0.05, 0.05)
     image = image + noise * _param(rng, k, 0.5, 1.5) * rng.standard_normal(image.shape, dtype=_F32)
     return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
@@ -491,7 +401,8 @@ def render(rng: np.random.Generator, frame: pd.DataFrame, size: int) -> np.ndarr
     for (modality, region), index in sorted(groups.items()):
         for start in range(0, len(index), _CHUNK):
             chunk = index[start : start + _CHUNK]
-            image = _RENDERERS[modality](rng, frame.iloc[chunk], size, region)
-            images[chunk] = _finish(rng, image.astype(_F32), modality)[..., None]  # grey into R, G and B
+            draw, noise, blur = _MODALITIES[modality]
+            image = draw(rng, frame.iloc[chunk], size, region)
+            images[chunk] = _finish(rng, image.astype(_F32), noise, blur)[..., None]  # grey into R, G and B
     return images
 
