@@ -31,6 +31,7 @@ went, and finally one line ``RESULT: ...``.
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +66,9 @@ run_data = state["args"]["data"]
 if run_data != "synthetic" and not args.chest_dir:
     raise SystemExit(f"this run was trained on {run_data} data: give --chest-dir (the Kermany chest_xray folder); "
                      "synthetic chest X-rays are meant for runs trained on synthetic pairs")
-options = {"synthetic_n": 100 if QUICK else 1000}
-if args.chest_dir:
-    options["chest_dir"] = args.chest_dir
-source = fewshot.chest_xray_source(options, model.config.image_size, seed=0, run_data=run_data)
+synthetic_n = 100 if QUICK else 1000
+source = fewshot.chest_xray_source(model.config.image_size, seed=0, run_data=run_data, chest_dir=args.chest_dir,
+                                   synthetic_n=synthetic_n)
 t0 = time.perf_counter()
 arrays, cached = fewshot.extract_features(model, source, out, "clip", log=lambda s: print("  " + s))
 print(f"{source['name']} chest X-rays: train {arrays['train_x'].shape}, test {arrays['test_x'].shape} "
@@ -105,11 +105,13 @@ print(f"test accuracy {metrics.accuracy(test_y, (logits > 0).astype(test_y.dtype
 # 3. the whole curve, as `python -m tinyclip.evaluate --task fewshot` runs it
 # ---------------------------------------------------------------------------
 section("3. accuracy vs number of labelled images, several seeds each")
-options.update(shots="10,50,all" if QUICK else "10,20,50,100,200,500,all", seeds=2 if QUICK else 3)
+# the typed options of the task: what --shots, --seeds, --head-steps, ... of tinyclip.evaluate set
+options = fewshot.Options(shots=(10, 50, "all") if QUICK else (10, 20, 50, 100, 200, 500, "all"),
+                          seeds=2 if QUICK else 3, synthetic_n=synthetic_n)
 if QUICK:
-    options["head_steps"] = 40
-ctx = EvalContext(model, state, None, None, None, None, out, options, seed=0)
-metrics = fewshot.run(ctx, log=lambda s: print("  " + s))
+    options = replace(options, head_steps=40)
+ctx = EvalContext(model, state, None, None, None, None, out, seed=0, chest_dir=args.chest_dir)
+metrics = fewshot.run(ctx, options, log=lambda s: print("  " + s))
 print(f"majority-class baseline: {metrics['majority_baseline']:.3f}")
 print(f"{'n':>6}  {'MLP head':>15}  {'logistic probe':>15}")
 for label in metrics["shots"]:
@@ -119,9 +121,7 @@ for label in metrics["shots"]:
 print(f"figure: {out / metrics['figure']}")
 
 section("4. the same heads on raw pixels (16 × 16 grey), without the image tower")
-pixels = fewshot.run(EvalContext(model, state, None, None, None, None, out,
-                                 {**options, "features": "pixels", "shots": "all"}, seed=0),
-                     log=lambda s: print("  " + s))
+pixels = fewshot.run(ctx, replace(options, features="pixels", shots=("all",)), log=lambda s: print("  " + s))
 
 keep_hint = "; --out DIR keeps the run and the figure" if args.run is None and args.out is None else ""
 print(f"\n({time.perf_counter() - t_start:.0f}s in all{keep_hint})")

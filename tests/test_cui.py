@@ -62,10 +62,9 @@ def synthetic_ctx(tmp_path_factory):
 @pytest.mark.parametrize("init", ["clip", "scratch"])
 def test_run_end_to_end(synthetic_ctx, init):
     model, state, train, train_images, test, test_images, out = synthetic_ctx
-    options = {"top_k": "3", "cui_init": init, "cui_epochs": "1", "head_steps": "20",
-               "cui_balance": "1" if init == "scratch" else "0"}
-    ctx = EvalContext(model, state, test, test_images, train, train_images, out / init, options, seed=0)
-    metrics = cui.run(ctx, log=lambda s: None)
+    options = cui.Options(top_k=3, cui_init=init, cui_epochs=1, head_steps=20, cui_balance=init == "scratch")
+    ctx = EvalContext(model, state, test, test_images, train, train_images, out / init, seed=0)
+    metrics = cui.run(ctx, options, log=lambda s: None)
     json.dumps(metrics)
     assert metrics["top_k"] == 3 and len(metrics["classes"]) == 4 and metrics["classes"][-1] == "other"
     assert metrics["train_without_cui"] == 1 and metrics["eval_without_cui"] == 1
@@ -86,13 +85,13 @@ def test_run_end_to_end(synthetic_ctx, init):
 def test_run_skips_without_cuis(synthetic_ctx):
     model, state, train, train_images, test, test_images, out = synthetic_ctx
     no_cuis = test.assign(cuis=[[] for _ in range(len(test))])
-    ctx = EvalContext(model, state, no_cuis, test_images, train, train_images, out / "none", {}, seed=0)
+    ctx = EvalContext(model, state, no_cuis, test_images, train, train_images, out / "none", seed=0)
     with pytest.raises(TaskSkipped):
         cui.run(ctx, log=lambda s: None)
 
 
 def test_run_rejects_unknown_init(synthetic_ctx):
     model, state, train, train_images, test, test_images, out = synthetic_ctx
-    ctx = EvalContext(model, state, test, test_images, train, train_images, out / "bad", {"cui_init": "bert"}, seed=0)
+    ctx = EvalContext(model, state, test, test_images, train, train_images, out / "bad", seed=0)
     with pytest.raises(ValueError, match="cui_init"):
-        cui.run(ctx, log=lambda s: None)
+        cui.run(ctx, cui.Options(cui_init="bert"), log=lambda s: None)

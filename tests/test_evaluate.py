@@ -1,6 +1,7 @@
 """``python -m tinyclip.evaluate`` end to end on a tiny run trained here: the zero-shot and retrieval tasks,
 metrics.json merging, the evaluation pairs of each --split, task options, and clean errors."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from tinyclip import evaluate, tasks, train
 from tinyclip.checkpoint import load_checkpoint, save_checkpoint
 from tinyclip.data.synthetic import make_synthetic
 from tinyclip.tasks import TaskSkipped
+from tinyclip.tasks import cui as cui_task
+from tinyclip.tasks import fewshot as fewshot_task
 from tinyclip.tasks import pneumonia as pneumonia_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,11 +164,11 @@ def test_pneumonia_npz_and_missing_data(tmp_path):
         arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
         arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
     np.savez(tmp_path / "p.npz", **arrays)
-    images, labels, source = pneumonia_task.load_test_images({"pneumonia_npz": tmp_path / "p.npz"}, 16, "roco")
+    images, labels, source = pneumonia_task.load_test_images(16, "roco", pneumonia_npz=tmp_path / "p.npz")
     assert images.shape == (6, 16, 16, 3) and images.dtype == np.uint8 and list(labels) == [0, 1] * 3
     assert source == "pneumoniamnist"
     with pytest.raises(TaskSkipped, match="--chest-dir"):
-        pneumonia_task.load_test_images({}, 16, "roco")
+        pneumonia_task.load_test_images(16, "roco")
 
 
 def test_modality_on_all_pairs_of_a_roco_folder(tiny_run, tmp_path, capsys):
@@ -197,23 +200,30 @@ def test_modality_on_all_pairs_of_a_roco_folder(tiny_run, tmp_path, capsys):
 # the command line around the tasks (with stand-in tasks: fast)
 # ---------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The options of a stand-in task: none."""
+
+
 @pytest.fixture
 def fake_tasks(monkeypatch):
-    """Replace the task registry by stand-ins that record the context they get."""
-    seen = {}
+    """Replace the task registry by stand-ins that record the context (``seen[name]``) and options they get;
+    fake-a declares the few-shot task's options, cui the concept task's."""
+    seen = {"options": {}}
 
-    def make(name, result=None, error=None):
-        def run(ctx):
-            seen[name] = ctx
+    def make(name, result=None, error=None, options=NoOptions):
+        def run(ctx, given):
+            seen[name], seen["options"][name] = ctx, given
             if error:
                 raise error
             return dict(result or {"score": 0.5})
-        return SimpleNamespace(run=run)
+        return SimpleNamespace(run=run, Options=options)
 
-    fakes = {"fake-a": make("fake-a", {"score": 0.25, "n": 3}), "fake-b": make("fake-b", {"score": 0.75}),
+    fakes = {"fake-a": make("fake-a", {"score": 0.25, "n": 3}, options=fewshot_task.Options),
+             "fake-b": make("fake-b", {"score": 0.75}),
              "skipper": make("skipper", error=TaskSkipped("no data for this one")),
              "broken": make("broken", error=ValueError("bad option")),
-             "cui": make("cui")}
+             "cui": make("cui", options=cui_task.Options)}
     monkeypatch.setattr(tasks, "TASKS", {name: f"fake.{name}" for name in fakes})
     monkeypatch.setattr(evaluate, "TASKS", tasks.TASKS)
     monkeypatch.setattr(evaluate, "get_task", lambda name: fakes[name])
@@ -261,13 +271,15 @@ def test_split_all(tiny_run, tmp_path, fake_tasks, capsys):
 
 
 def test_task_options_reach_the_tasks(tiny_run, tmp_path, fake_tasks, capsys):
-    assert run_main("--run", tiny_run, "--task", "fake-a", "--out", tmp_path, "--shots", "10,all", "--seeds", "3",
-                    "--top-k", "7", "--option", "head_steps=5", "--option", "cui-init=scratch", "--seed", "4",
-                    capsys=capsys)[0] == 0
-    ctx = fake_tasks["fake-a"]
-    assert ctx.options["shots"] == "10,all" and ctx.options["seeds"] == "3" and ctx.options["top_k"] == 7
-    assert ctx.options["head_steps"] == "5" and ctx.options["cui_init"] == "scratch" and ctx.seed == 4
-    assert "chest_dir" not in ctx.options  # options not given are left out, so tasks use their defaults
+    assert run_main("--run", tiny_run, "--task", "fake-a,cui", "--out", tmp_path, "--shots", "10,all", "--seeds",
+                    "3", "--top-k", "7", "--option", "head_steps=5", "--option", "cui-init=scratch", "--seed", "4",
+                    "--batch-size", "16", capsys=capsys)[0] == 0
+    ctx, options = fake_tasks["fake-a"], fake_tasks["options"]
+    # typed, each task its own fields; a field two tasks share (head_steps) reaches both
+    assert options["fake-a"] == fewshot_task.Options(shots=(10, "all"), seeds=3, head_steps=5)
+    assert options["cui"] == cui_task.Options(top_k=7, cui_init="scratch", head_steps=5)
+    assert ctx.seed == 4 and ctx.batch_size == 16
+    assert ctx.chest_dir is None and ctx.pneumonia_npz is None  # not given: the tasks use their defaults
 
 
 def test_skipped_and_failed_tasks(tiny_run, tmp_path, fake_tasks, capsys):

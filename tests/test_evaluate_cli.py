@@ -35,10 +35,55 @@ def one_line(code, err, *needles):
     (["--option", "compare_init=maybe"], ["compare_init", "0 or 1"]),
     (["--option", "seeds_large=0"], ["seeds_large", "positive integer"]),
     (["--option", "val_n=1"], ["val_n"]),
+    (["--head-steps", "abc"], ["--head-steps", "positive integer"]),
+    (["--head-lr", "-1"], ["--head-lr"]),
+    (["--head-hidden", "32,0"], ["--head-hidden"]),
+    (["--features", "colour"], ["--features", "clip or pixels"]),
+    (["--seeds-large", "0"], ["--seeds-large", "positive integer"]),
+    (["--val-n", "1"], ["--val-n", "integer >= 2"]),
+    (["--compare-init", "1"], ["unrecognized arguments: 1"]),  # a switch: no value
+    (["--cui-init", "bert"], ["--cui-init", "clip or scratch"]),
 ])
 def test_bad_flags(tiny_run, capsys, extra, needles):  # noqa: F811
     code, _, err = run_main("--run", tiny_run, "--task", "fewshot", *extra, capsys=capsys)
     one_line(code, err, *needles)
+    assert code == 2  # a bad command line, found before the run is loaded
+
+
+@pytest.mark.parametrize("task, needles", [
+    ("cui", ["no_such_thing", "the options of cui are top_k, cui_init", "head_lr"]),
+    ("retrieval,modality", ["no_such_thing", "the options of retrieval, modality are prompts"]),
+    ("retrieval", ["no_such_thing", "no task options for retrieval"]),
+])
+def test_unknown_option_names_the_options_of_the_tasks_asked_for(tiny_run, capsys, task, needles):  # noqa: F811
+    code, _, err = run_main("--run", tiny_run, "--task", task, "--option", "no_such_thing=1", capsys=capsys)
+    one_line(code, err, *needles)
+    assert code == 2 and "shots" not in err  # not the options of tasks that were not asked for
+
+
+@pytest.mark.parametrize("alias, flags", [
+    (["--option", "head_steps=5"], ["--head-steps", "5"]),
+    (["--option", "compare_init=1", "--option", "cui-balance=yes"], ["--compare-init", "--cui-balance"]),
+    (["--option", "seeds=0,1", "--option", "shots=10,all", "--option", "head_hidden=32"],
+     ["--seeds", "0,1", "--shots", "10,all", "--head-hidden", "32"]),
+    (["--option", "features=pixels", "--option", "cui_init=scratch", "--option", "head_lr=0.5"],
+     ["--features", "pixels", "--cui-init", "scratch", "--head-lr", "0.5"]),
+])
+def test_option_alias_gives_the_same_options_as_the_flag(alias, flags):
+    """``--option KEY=VALUE`` (README commands, users' scripts) and the typed flag give equal Options objects."""
+    tasks = ["fewshot", "cui"]
+
+    def options(argv):
+        return evaluate.task_options(evaluate.build_parser().parse_args(["--run", "r", "--task", "all", *argv]), tasks)
+    assert options(alias) == options(flags) != options([])
+
+
+def test_options_not_given_are_the_tasks_defaults():
+    from tinyclip.tasks import cui, fewshot
+    options = evaluate.task_options(evaluate.build_parser().parse_args(["--run", "r", "--task", "all"]),
+                                    ["fewshot", "cui", "retrieval"])
+    assert options["fewshot"] == fewshot.Options() and options["cui"] == cui.Options()
+    assert options["fewshot"].seeds == 20 and options["cui"].head_steps == 600 and not options["fewshot"].compare_init
 
 
 def test_compare_init_of_the_untrained_model_is_refused(tiny_run, capsys):  # noqa: F811
@@ -49,7 +94,7 @@ def test_compare_init_of_the_untrained_model_is_refused(tiny_run, capsys):  # no
 
 def test_shots_larger_than_the_pool(tiny_run, tmp_path, capsys):  # noqa: F811
     code, _, err = run_main("--run", tiny_run, "--task", "fewshot", "--shots", "100000", "--seeds", "1",
-                            "--option", "synthetic_n=40", "--out", tmp_path, capsys=capsys)
+                            "--synthetic-n", "40", "--out", tmp_path, capsys=capsys)
     one_line(code, err, "shots", "larger than")
 
 

@@ -1,6 +1,7 @@
 """Few-shot pneumonia task: the shared head-training loop, balanced sampling, the pipeline end to end, caching."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -25,10 +26,10 @@ def tiny_run(tmp_path_factory):
     return out
 
 
-def _context(run_dir, out, options):
+def _context(run_dir, out, **common):
     model, state = CLIP.from_checkpoint(run_dir, "best")
     empty = np.zeros((0, 32, 32, 3), np.uint8)
-    return EvalContext(model, state, pd.DataFrame(), empty, pd.DataFrame(), empty, out, options, seed=0)
+    return EvalContext(model, state, pd.DataFrame(), empty, pd.DataFrame(), empty, out, seed=0, **common)
 
 
 def _separable(n, dim=16, seed=0, shift=1.5):
@@ -44,14 +45,19 @@ def _separable(n, dim=16, seed=0, shift=1.5):
 # ---------------------------------------------------------------------------
 
 def test_parse_options():
-    assert fewshot.parse_shots(None) == fewshot.DEFAULT_SHOTS
+    assert fewshot.Options().shots == fewshot.DEFAULT_SHOTS
     assert fewshot.parse_shots("10, 50,all") == (10, 50, "all")
-    assert fewshot.parse_shots([20, "ALL"]) == (20, "all")
-    with pytest.raises(ValueError):
-        fewshot.parse_shots("1")
-    assert fewshot.parse_seeds(None, base=3) == list(range(3, 23))  # 20 draws by default
-    assert fewshot.parse_seeds("2") == [0, 1]
-    assert fewshot.parse_seeds("4,9") == [4, 9]
+    assert fewshot.parse_shots("20,ALL") == (20, "all")
+    for bad in ("1", "ten", ",", "10,-5"):
+        with pytest.raises(ValueError):
+            fewshot.parse_shots(bad)
+    assert fewshot.draw_seeds(fewshot.Options().seeds, base=3) == list(range(3, 23))  # 20 draws by default
+    assert fewshot.draw_seeds(fewshot.parse_seeds("2")) == [0, 1]
+    assert fewshot.draw_seeds(fewshot.parse_seeds("4,9"), base=3) == [4, 9]  # given seeds are used as they are
+    assert fewshot.parse_seeds("0,1") == (0, 1)  # seed 0 is a seed; a count of 0 draws is not
+    for bad in ("0", "abc", "-1,2"):
+        with pytest.raises(ValueError, match="count"):
+            fewshot.parse_seeds(bad)
 
 
 def test_sample_shots_is_balanced_and_falls_back():
@@ -214,13 +220,13 @@ def test_pixel_features():
 # the task end to end
 # ---------------------------------------------------------------------------
 
-OPTIONS = {"shots": "10,40,all", "seeds": "2", "synthetic_n": "120", "head_steps": "60", "head_hidden": "32,16"}
+OPTIONS = fewshot.Options(shots=(10, 40, "all"), seeds=2, synthetic_n=120, head_steps=60, head_hidden=(32, 16))
 
 
 def test_run_end_to_end_and_cache(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "eval"
-    ctx = _context(tiny_run, out, dict(OPTIONS))
-    metrics = fewshot.run(ctx, log=lambda s: None)
+    ctx = _context(tiny_run, out)
+    metrics = fewshot.run(ctx, OPTIONS, log=lambda s: None)
     json.dumps(metrics)  # JSON-serialisable
     for key in ("data", "features", "feature_dim", "features_from_cache", "n_train_pool", "n_validation", "n_test",
                 "majority_baseline", "protocol", "seeds", "shots", "mlp", "probe", "figure", "seconds",
@@ -244,8 +250,7 @@ def test_run_end_to_end_and_cache(tiny_run, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("features were recomputed")
     monkeypatch.setattr(ctx.model, "embed_images", boom)
-    ctx.options.update(shots="10", seeds="1")
-    again = fewshot.run(ctx, log=lambda s: None)
+    again = fewshot.run(ctx, replace(OPTIONS, shots=(10,), seeds=1), log=lambda s: None)
     assert again["features_from_cache"]
     assert again["mlp"]["10"]["accuracies"] == metrics["mlp"]["10"]["accuracies"][:1]  # same seed, same numbers
 
@@ -254,10 +259,9 @@ def test_compare_with_the_untrained_tower(tiny_run, tmp_path):
     """compare_init=1: the untrained model of the run's configuration and seed on the same draws, with p-values."""
     from tinyclip.evaluate import initial_model
     lines = []
-    options = {**OPTIONS, "shots": "10,all", "seeds": "3", "seeds_large": "2", "head_steps": "30",
-               "compare_init": "1"}
-    ctx = _context(tiny_run, tmp_path, options)
-    metrics = fewshot.run(ctx, log=lines.append)
+    options = replace(OPTIONS, shots=(10, "all"), seeds=3, seeds_large=2, head_steps=30, compare_init=True)
+    ctx = _context(tiny_run, tmp_path)
+    metrics = fewshot.run(ctx, options, log=lines.append)
     json.dumps(metrics)
     compared = metrics["compare_init"]
     assert compared["seed"] == ctx.state["args"]["seed"]
@@ -279,16 +283,15 @@ def test_compare_with_the_untrained_tower(tiny_run, tmp_path):
     assert heads.model_fingerprint(untrained) != heads.model_fingerprint(ctx.model)
     with pytest.raises(ValueError, match="untrained one"):
         ctx.model = untrained
-        fewshot.run(ctx, log=lambda s: None)
+        fewshot.run(ctx, options, log=lambda s: None)
     with pytest.raises(ValueError, match="features=clip"):
-        fewshot.run(_context(tiny_run, tmp_path, {**options, "features": "pixels"}), log=lambda s: None)
+        fewshot.run(_context(tiny_run, tmp_path), replace(options, features="pixels"), log=lambda s: None)
 
 
 def test_run_with_pixel_features_beats_chance(tiny_run, tmp_path):
     """Synthetic pneumonia is visible in the pixels: the whole pipeline gets well above chance."""
-    options = {**OPTIONS, "features": "pixels", "shots": "all", "seeds": "1", "synthetic_n": "200",
-               "head_steps": "100"}
-    metrics = fewshot.run(_context(tiny_run, tmp_path, options), log=lambda s: None)
+    options = replace(OPTIONS, features="pixels", shots=("all",), seeds=1, synthetic_n=200, head_steps=100)
+    metrics = fewshot.run(_context(tiny_run, tmp_path), options, log=lambda s: None)
     assert metrics["probe"]["all"]["accuracy_mean"] >= 0.65
 
 
@@ -303,8 +306,8 @@ def test_run_on_pneumoniamnist_layout(tiny_run, tmp_path):
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels[:, None]
     path = tmp_path / "pm.npz"
     np.savez(path, **arrays)
-    options = {**OPTIONS, "pneumonia_npz": str(path), "shots": "10,all", "features": "pixels"}
-    metrics = fewshot.run(_context(tiny_run, tmp_path / "eval", options), log=lambda s: None)
+    options = replace(OPTIONS, shots=(10, "all"), features="pixels")
+    metrics = fewshot.run(_context(tiny_run, tmp_path / "eval", pneumonia_npz=path), options, log=lambda s: None)
     assert metrics["data"] == "pneumoniamnist" and metrics["n_test"] == 20
     assert metrics["n_train_pool"] + metrics["n_validation"] == 40
     assert metrics["probe"]["all"]["accuracy_mean"] >= 0.9
@@ -324,7 +327,7 @@ def test_balanced_weights_and_weighted_fit():
 
 
 def test_real_run_without_chest_xrays_is_skipped(tiny_run, tmp_path):
-    ctx = _context(tiny_run, tmp_path, {})
+    ctx = _context(tiny_run, tmp_path)
     ctx.state = {**ctx.state, "args": {**ctx.state["args"], "data": "roco"}}
     with pytest.raises(TaskSkipped, match="chest-dir"):
         fewshot.run(ctx, log=lambda s: None)

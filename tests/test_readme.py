@@ -35,8 +35,8 @@ TIMEOUT = 120
 TINY_TRAIN = ["--num-samples", "48", "--image-size", "16", "--conv-channels", "4,8", "--text-layers", "1",
               "--width", "16", "--heads", "2", "--ff-dim", "16", "--embed-dim", "8", "--max-len", "16",
               "--epochs", "1", "--batch-size", "16", "--patience", "0", "--no-progress"]
-TINY_EVAL = ["--shots", "10", "--seeds", "1", "--top-k", "3", "--no-progress", "--option", "synthetic_n=40",
-             "--option", "head_steps=5", "--option", "cui_epochs=1"]
+TINY_EVAL = ["--shots", "10", "--seeds", "1", "--top-k", "3", "--no-progress", "--synthetic-n", "40",
+             "--head-steps", "5", "--cui-epochs", "1"]
 
 
 def bash_commands(text: str) -> list:

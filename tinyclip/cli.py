@@ -41,6 +41,7 @@ def _number(kind, test, wanted):
 # argparse ``type=`` checkers: the message names the flag (argparse adds it) and what it wants.
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+at_least_two = _number(int, lambda v: v >= 2, "an integer >= 2")
 positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
 nonnegative_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
 probability = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -65,3 +66,23 @@ def positive_int_list(text: str) -> tuple:
         return int_list(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def choice(*values: str):
+    """argparse ``type=`` for one of ``values`` (case-insensitive), e.g. ``choice("clip", "pixels")``."""
+    wanted = " or ".join(values)
+
+    def parse(text: str) -> str:
+        if text.strip().lower() not in values:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return text.strip().lower()
+    parse.__name__ = wanted
+    return parse
+
+
+def switch(text: str) -> bool:
+    """An on/off value as text: 1/0, true/false, yes/no, on/off."""
+    text = text.strip().lower()
+    if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
+    return text in ("1", "true", "yes", "on")

@@ -22,6 +22,10 @@ Which pairs (``--split``):
 * ``all``: every pair of the folder given by ``--data``/``--data-dir`` (default:
   the run's own data, all of it, training pairs included).
 
+Task options: each task's ``Options`` dataclass (``tinyclip.tasks``) becomes one
+flag per field (``--head-steps N``, ``--compare-init``); ``--option KEY=VALUE``
+is the same as the flag, for scripts written before the flags existed.
+
 Tasks that fit something on training data (``cui``) get the run's training part.
 Wrong input (no such run, unknown task, missing data) ends with one line on
 stderr and a non-zero exit status: 2 for a bad command line, 1 otherwise.
@@ -30,6 +34,7 @@ stderr and a non-zero exit status: 2 for a bad command line, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -51,37 +56,7 @@ PROG = "python -m tinyclip.evaluate"
 NEEDS_TRAIN = ("cui",)  # tasks that read ctx.train_frame / ctx.train_images
 
 
-def _int(text, low=1):
-    return int(text) >= low
-
-
-def _ints(text):
-    return all(int(v) >= 1 for v in text.split(","))
-
-
-def _number(text):
-    return 0 < float(text) < math.inf
-
-
-# The --option KEY=VALUE settings the tasks read: a check of the value, and what it wants.
-OPTIONS = {
-    "head_steps": (_int, "a positive integer"), "head_lr": (_number, "a finite number > 0"),
-    "head_hidden": (_ints, "comma-separated positive integers"), "features": ({"clip", "pixels"}, "clip or pixels"),
-    "synthetic_n": (lambda v: _int(v, 2), "an integer >= 2"), "cui_init": ({"clip", "scratch"}, "clip or scratch"),
-    "cui_epochs": (_int, "a positive integer"), "cui_lr": (_number, "a finite number > 0"),
-    "cui_balance": ({"0", "1", "true", "false", "yes", "no", "on", "off"}, "0 or 1"),
-    "seeds_large": (_int, "a positive integer"), "val_n": (lambda v: _int(v, 2), "an integer >= 2"),
-    "compare_init": ({"0", "1", "true", "false", "yes", "no", "on", "off"}, "0 or 1"),
-}
 CHECKPOINTS = ("best", "last", "init")
-
-
-def _valid_option(key: str, value: str) -> bool:
-    check = OPTIONS[key][0]
-    try:
-        return value.lower() in check if isinstance(check, set) else bool(check(value))
-    except ValueError:
-        return False
 
 
 class UsageError(Exception):
@@ -93,6 +68,48 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{message} (see --help)")
+
+
+def option_fields() -> dict:
+    """``{name: [(task, field), ...]}``: the fields of every task's ``Options``, in task order.
+
+    Tasks may share a name (``head_steps``): one flag then sets it for each of them,
+    so they must read its text the same way.
+    """
+    declared = {}
+    for task in TASKS:
+        for f in dataclasses.fields(get_task(task).Options):
+            declared.setdefault(f.name, []).append((task, f))
+    for name, fields in declared.items():
+        assert len({f.metadata["parse"] for _, f in fields}) == 1, f"tasks read option {name} differently"
+    return declared
+
+
+def _written(value) -> str:
+    """A default as the flag takes it: ``10,20,all``, ``on``/``off``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _option_help(fields) -> str:
+    """``TASKS: HELP (default: D)``, D per task where the tasks' defaults differ."""
+    defaults = [(task, f.metadata["shown"] or _written(f.default)) for task, f in fields]
+    shown = (defaults[0][1] if len({d for _, d in defaults}) == 1
+             else "; ".join(f"{task} {d}" for task, d in defaults))
+    return f"{', '.join(t for t, _ in fields)}: {fields[0][1].metadata['help']} (default: {shown})"
+
+
+def _flag_type(parse):
+    """argparse ``type=`` of an option's ``parse``: its ValueError (or a missing file) names what it expects."""
+    def read(text):
+        try:
+            return parse(text)
+        except (ValueError, OSError) as e:
+            raise argparse.ArgumentTypeError(_message(e)) from None
+    return read
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"  {PROG} --run runs/demo --task retrieval\n"
                f"  {PROG} --run runs/roco --task modality --prompts my_prompts.json\n"
                f"  {PROG} --run runs/roco --task pneumonia-zeroshot --chest-dir ../shared/data/chest_xray\n"
-               f"  {PROG} --run runs/demo --task fewshot --shots 10,50,all --seeds 3\n"
-               f"  {PROG} --run runs/demo --task fewshot --option compare_init=1\n"
+               f"  {PROG} --run runs/demo --task fewshot --shots 10,50,all --seeds 3 --compare-init\n"
                f"  {PROG} --run runs/demo --task all --checkpoint init\n"
                f"  {PROG} --run runs/roco --task modality --split all --data-dir OTHER_ROCO_FOLDER",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ROCO folder (captions.txt, cuis.txt, images/); with --split test: where the run's "
                         "data is now, if it moved")
     d.add_argument("--num-samples", type=positive_int, help="synthetic pairs for --split all (default: the run's)")
-    d.add_argument("--cache-dir", help="decoded-image cache (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
+    d.add_argument("--cache-dir", type=Path,
+                   help="decoded-image cache (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
     r = p.add_argument_group("running")
     r.add_argument("--device", choices=backend.DEVICES, default=os.environ.get("TINYCLIP_DEVICE", "auto").lower(),
                    help="cpu (NumPy), cuda (CuPy) or auto: cuda when CuPy sees a GPU (default: $TINYCLIP_DEVICE, "
@@ -143,23 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of the tasks' own randomness (samples, heads) (default: 0)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar while decoding images (default: off)")
-    t = p.add_argument_group("task options")
-    t.add_argument("--prompts", metavar="FILE", help="modality: JSON prompt sets {set: {class: [prompts]}} "
-                   "(default: tinyclip/prompts/modality.json)")
-    t.add_argument("--pneumonia-prompts", metavar="TEXT",
-                   help="pneumonia-zeroshot: 'normal prompt; pneumonia prompt' or a JSON file "
-                        "{\"normal\": [...], \"pneumonia\": [...]} (default: 'normal; pneumonia')")
-    t.add_argument("--chest-dir", metavar="DIR", help="pneumonia-zeroshot, fewshot: Kermany chest_xray folder "
-                   "(train/, test/ with NORMAL/ and PNEUMONIA/)")
-    t.add_argument("--pneumonia-npz", metavar="FILE", help="pneumonia-zeroshot, fewshot: pneumoniamnist.npz")
-    t.add_argument("--shots", help="fewshot: labelled images per run, comma-separated counts or all "
-                   "(default: 10,20,50,100,200,500,1000,all)")
-    t.add_argument("--seeds", help="fewshot: draws per n up to 200, a count or a list of seeds (e.g. 0,1,2); "
-                   "larger n use the first K of them, --option seeds_large=K, 5 if not given (default: 20)")
-    t.add_argument("--top-k", type=positive_int, help="cui: number of concept classes (default: 10)")
+    c = p.add_argument_group("chest X-rays (pneumonia-zeroshot, fewshot; without them, synthetic ones for a "
+                             "synthetic run)")
+    c.add_argument("--chest-dir", metavar="DIR", type=Path,
+                   help="Kermany chest_xray folder (train/, test/ with NORMAL/ and PNEUMONIA/)")
+    c.add_argument("--pneumonia-npz", metavar="FILE", type=Path, help="pneumoniamnist.npz")
+    t = p.add_argument_group("task options (each task reads its own)")
+    for name, fields in option_fields().items():
+        flag, f = "--" + name.replace("_", "-"), fields[0][1]
+        if isinstance(f.default, bool):  # an on/off switch; None when not given, so the task's default stands
+            t.add_argument(flag, action="store_true", default=None, help=_option_help(fields))
+        else:
+            t.add_argument(flag, type=_flag_type(f.metadata["parse"]), metavar=f.metadata["metavar"],
+                           help=_option_help(fields))
     t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"any other task option (repeatable), e.g. --option head_steps=100; one of: "
-                        f"{', '.join(OPTIONS)} (default: none)")
+                   help="a task option above as KEY=VALUE (repeatable): --option head_steps=100 is --head-steps "
+                        "100, --option compare_init=1 is --compare-init (default: none)")
     return p
 
 
@@ -182,32 +198,31 @@ def parse_tasks(text: str) -> list:
     return list(dict.fromkeys(out))  # drop repeats, keep order
 
 
-def task_options(args) -> dict:
-    """The options every task receives in ``ctx.options`` (only those that were given)."""
-    options = {"batch_size": args.batch_size, "cache_dir": args.cache_dir, "prompts": args.prompts,
-               "pneumonia_prompts": args.pneumonia_prompts, "chest_dir": args.chest_dir,
-               "pneumonia_npz": args.pneumonia_npz, "shots": args.shots, "seeds": args.seeds, "top_k": args.top_k}
+def task_options(args, tasks) -> dict:
+    """``{task: its Options}`` for ``tasks``: the defaults, replaced by the option flags and ``--option
+    KEY=VALUE`` given (an option of other tasks only is left to them)."""
+    declared = option_fields()
+    given = {name: getattr(args, name) for name in declared if getattr(args, name) is not None}
     for item in args.option:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
         key, value = key.strip().replace("-", "_"), value.strip()
-        if key not in OPTIONS:
-            raise UsageError(f"--option {key}: unknown option; the options are {', '.join(OPTIONS)}")
-        if not _valid_option(key, value):
-            raise UsageError(f"--option {key}={value}: expected {OPTIONS[key][1]}")
-        options[key] = value
-    from .tasks.fewshot import parse_seeds, parse_shots
-    for flag, parse in (("shots", parse_shots), ("seeds", parse_seeds)):
-        if options.get(flag) is not None:
-            try:
-                parse(options[flag])
-            except ValueError as e:
-                raise UsageError(f"--{flag} {options[flag]}: {e}") from None
-    for key in ("prompts", "chest_dir", "pneumonia_npz"):
-        if options.get(key) and not Path(options[key]).exists():
-            raise FileNotFoundError(f"--{key.replace('_', '-')}: {options[key]} does not exist")
-    return {k: v for k, v in options.items() if v is not None}
+        if not sep or not key:
+            raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
+        if key not in declared:
+            mine = list(dict.fromkeys(f.name for t in tasks for f in dataclasses.fields(get_task(t).Options)))
+            raise UsageError(f"--option {key}: unknown option; " + (
+                f"the options of {', '.join(tasks)} are {', '.join(mine)}" if mine
+                else f"no task options for {', '.join(tasks)}"))
+        try:
+            given[key] = declared[key][0][1].metadata["parse"](value)
+        except (ValueError, OSError, argparse.ArgumentTypeError) as e:
+            raise UsageError(f"--option {key}={value}: {_message(e)}") from None
+    options = {}
+    for task in tasks:
+        cls = get_task(task).Options
+        names = {f.name for f in dataclasses.fields(cls)}
+        options[task] = cls(**{k: v for k, v in given.items() if k in names})
+    return options
 
 
 # ---------------------------------------------------------------------------
@@ -359,6 +374,14 @@ def evaluate(args, log=print) -> tuple[dict, list]:
     from .tasks.common import EvalContext
 
     tasks = parse_tasks(args.task)
+    options = task_options(args, tasks)
+    # the files and folders the flags name must exist; checked here, not by the parser, so that a command
+    # line can be checked anywhere (tests/test_readme.py parses the README's commands)
+    paths = {"chest_dir": args.chest_dir, "pneumonia_npz": args.pneumonia_npz,
+             **{f.name: getattr(o, f.name) for o in options.values() for f in dataclasses.fields(o)}}
+    for name, path in paths.items():
+        if isinstance(path, Path) and not path.exists():
+            raise FileNotFoundError(f"--{name.replace('_', '-')}: {path} does not exist")
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
@@ -369,7 +392,6 @@ def evaluate(args, log=print) -> tuple[dict, list]:
         raise FileNotFoundError(f"no '{args.checkpoint}' checkpoint in {run_dir} (expected "
                                 f"{'best.npz or last.npz' if args.checkpoint == 'init' else args.checkpoint + '.npz'}"
                                 f" from tinyclip.train)")
-    options = task_options(args)
     backend.set_default_device(args.device)
     model, state = CLIP.from_checkpoint(run_dir, saved)
     if args.checkpoint == "init":
@@ -385,13 +407,14 @@ def evaluate(args, log=print) -> tuple[dict, list]:
     log(f"{PROG}: {run_dir} ({which}); {description}; "
         f"tasks: {', '.join(tasks)}; output in {out}")
     ctx = EvalContext(model=model, state=state, frame=frame, images=images, train_frame=train_frame,
-                      train_images=train_images, out=out, options=options, seed=args.seed)
+                      train_images=train_images, out=out, seed=args.seed, batch_size=args.batch_size,
+                      cache_dir=args.cache_dir, chest_dir=args.chest_dir, pneumonia_npz=args.pneumonia_npz)
 
     results, problems = {}, []
     for name in tasks:
         t0 = time.perf_counter()
         try:
-            result = dict(get_task(name).run(ctx))
+            result = dict(get_task(name).run(ctx, options[name]))
         except TaskSkipped as e:
             problems.append((name, f"skipped: {e}"))
             continue

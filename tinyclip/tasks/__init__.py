@@ -1,9 +1,12 @@
-"""Downstream tasks of a trained CLIP: each is a module with ``run(ctx: EvalContext) -> dict``.
+"""Downstream tasks of a trained CLIP: each is a module with ``Options`` and ``run(ctx, options) -> dict``.
 
 ``TASKS`` maps the name used on the command line (``python -m tinyclip.evaluate
---task NAME``) to the module that implements it. Modules are imported only when
-their task runs (``get_task``), so a task with heavy or missing dependencies
-does not slow down or break the others.
+--task NAME``) to the module that implements it; ``get_task`` imports it.
+``Options`` is a frozen dataclass of the task's own settings, each field declared
+with ``common.option`` (its type, default, how the command line's text is read and
+its help line): ``tinyclip.evaluate`` makes one flag of each field and hands
+``run`` the typed instance; ``ctx`` (``common.EvalContext``) holds the model, the
+pairs and the settings every task shares.
 
 A task that cannot run with the inputs it was given (no chest X-ray data, no
 captions that name a modality, ...) raises ``TaskSkipped`` with the reason:

@@ -1,4 +1,4 @@
-"""What every downstream task receives: the trained model and the pairs to evaluate on."""
+"""What every downstream task receives: the trained model, the pairs to evaluate on, and how tasks declare options."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from ..models import CLIP
 
 @dataclass
 class EvalContext:
-    """Inputs of a task's ``run(ctx) -> dict``.
+    """Inputs of a task's ``run(ctx, options) -> dict`` that every task shares.
 
     ``frame``/``images``: the evaluation pairs (``--split test``: the test part of the
     run's own split; ``--split all``: every pair of the given folder), images uint8
     ``(N, S, S, 3)`` aligned with the rows. ``train_frame``/``train_images``: the
     run's training part, for tasks that fit a head (CUI classifiers). ``out``: where
-    figures go. ``options``: task options from the command line (prompt file, seeds,
-    chest X-ray folder, ...), a dict.
+    figures go. The rest are the command line's common flags: the seed of the tasks'
+    own randomness, images embedded at once, the decoded-image cache, and the chest
+    X-rays of the pneumonia tasks (a Kermany folder or a PneumoniaMNIST .npz).
     """
 
     model: CLIP
@@ -30,8 +31,11 @@ class EvalContext:
     train_frame: pd.DataFrame
     train_images: np.ndarray
     out: Path
-    options: dict = field(default_factory=dict)
     seed: int = 0
+    batch_size: int = 128
+    cache_dir: Path | None = None
+    chest_dir: Path | None = None
+    pneumonia_npz: Path | None = None
     _embeddings: dict = field(default_factory=dict, repr=False)
 
     def image_embeddings(self) -> np.ndarray:
@@ -47,6 +51,13 @@ class EvalContext:
             self._embeddings["texts"] = self.model.embed_texts(captions, self.batch_size)
         return self._embeddings["texts"]
 
-    @property
-    def batch_size(self) -> int:
-        return int(self.options.get("batch_size", 128))
+
+def option(default, parse, help: str, metavar: str | None = None, shown: str | None = None):
+    """A field of a task's ``Options`` dataclass that ``python -m tinyclip.evaluate`` turns into a flag.
+
+    ``parse(text) -> value`` reads the flag's text (raising ``argparse.ArgumentTypeError``
+    or ``ValueError`` with what it expects); ``help`` is its one-line --help text, which
+    shows ``shown`` as the default (else ``default`` as the flag writes it). A ``bool``
+    option becomes an on/off switch.
+    """
+    return field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar, "shown": shown})

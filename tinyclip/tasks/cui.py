@@ -21,27 +21,26 @@ uses the K most frequent CUIs anywhere in the training captions. Rows without an
 CUI are left out of tasks 1 and 2 (and counted); in task 3 they stay, with no
 label set.
 
-Options read: ``top_k`` (K, default 10), ``cui_init`` ("clip" or "scratch"),
-``cui_epochs`` (text classifier epochs, default 4), ``cui_lr`` (its learning
-rate, default 2e-4), ``cui_balance`` ("1": weight the first-CUI classes equally in
-the loss, which trades accuracy for macro-F1 since "other" is the majority; default
-off), ``head_steps`` and ``head_lr`` (the frozen-feature heads), ``batch_size``
-(pairs embedded at once).
+Options: ``Options`` below (K, the caption classifier's start and training, class
+weighting, the frozen-feature heads), given on the command line as ``--top-k``,
+``--cui-init``, ...
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import nn
 from ..backend import manual_seed
+from ..cli import choice, positive_float, positive_int, switch
 from ..models.text_encoder import TextEncoder
 from . import TaskSkipped
-from .common import EvalContext
+from .common import EvalContext, option
 from .heads import cache_key, cached_arrays, fit, mlp_head, model_fingerprint, predict, standardize
 from .metrics import accuracy, confusion_matrix, macro_f1, multilabel_f1, per_class_scores
 
@@ -51,6 +50,23 @@ HEAD_SETTINGS = {"lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "steps": 60
 TEXT_SETTINGS = {"lr": 2e-4, "weight_decay": 0.0, "batch_size": 32, "epochs": 4, "patience": 2,
                  "val_fraction": 0.1}
 FIGURE = "cui_confusion.png"
+
+
+@dataclass(frozen=True)
+class Options:
+    """The concept task's options (``python -m tinyclip.evaluate --task cui --top-k ...``)."""
+
+    top_k: int = option(DEFAULT_TOP_K, positive_int, "concept classes: the K most frequent first CUIs (+ other)",
+                        "K")
+    cui_init: str = option("clip", choice("clip", "scratch"), "the caption classifier starts from the CLIP text "
+                           "tower or from random weights", "clip|scratch")
+    cui_epochs: int = option(TEXT_SETTINGS["epochs"], positive_int, "most epochs of the caption classifier", "N")
+    cui_lr: float = option(TEXT_SETTINGS["lr"], positive_float, "Adam learning rate of the caption classifier", "LR")
+    cui_balance: bool = option(False, switch, "weight the first-CUI classes equally in the loss (trades accuracy "
+                               "for macro-F1: other is the majority)")
+    head_steps: int = option(HEAD_SETTINGS["steps"], positive_int, "most Adam steps of each frozen-feature head", "N")
+    head_lr: float = option(HEAD_SETTINGS["lr"], positive_float, "Adam learning rate of the frozen-feature heads",
+                            "LR")
 
 
 # ---------------------------------------------------------------------------
@@ -162,30 +178,14 @@ def _scores(y_true, y_pred, names) -> dict:
 # the task
 # ---------------------------------------------------------------------------
 
-def run(ctx: EvalContext, log=print) -> dict:
+def run(ctx: EvalContext, options: Options = Options(), log=print) -> dict:
     """Train and score the three concept classifiers; see the module doc."""
     t0 = time.perf_counter()
-    options = ctx.options or {}
     out = Path(ctx.out)
     out.mkdir(parents=True, exist_ok=True)
-    k = int(options.get("top_k") or DEFAULT_TOP_K)
-    if k < 1:
-        raise ValueError(f"option top_k must be at least 1, got {k}")
-    init = options.get("cui_init") or "clip"
-    if init not in ("clip", "scratch"):
-        raise ValueError(f"option cui_init: expected 'clip' or 'scratch', got {init!r}")
-    text_settings = dict(TEXT_SETTINGS)
-    if options.get("cui_epochs") is not None:
-        text_settings["epochs"] = int(options["cui_epochs"])
-    if options.get("cui_lr") is not None:
-        text_settings["lr"] = float(options["cui_lr"])
-    balance = str(options.get("cui_balance", "")).lower() in ("1", "true", "yes", "on")
-    text_settings["balance"] = balance
-    head_settings = dict(HEAD_SETTINGS, balance=balance)
-    if options.get("head_steps") is not None:
-        head_settings["steps"] = int(options["head_steps"])
-    if options.get("head_lr") is not None:
-        head_settings["lr"] = float(options["head_lr"])
+    k, init, balance = options.top_k, options.cui_init, options.cui_balance
+    text_settings = dict(TEXT_SETTINGS, epochs=options.cui_epochs, lr=options.cui_lr, balance=balance)
+    head_settings = dict(HEAD_SETTINGS, steps=options.head_steps, lr=options.head_lr, balance=balance)
 
     # ----- labels: first CUI, top K + "other"
     train_first, eval_first = first_cuis(ctx.train_frame), first_cuis(ctx.frame)
@@ -219,7 +219,7 @@ def run(ctx: EvalContext, log=print) -> dict:
         f"  ({caption['seconds']:.0f}s)")
 
     # ----- frozen embeddings for 2. and 3.
-    arrays, from_cache = embeddings(ctx, int(options.get("batch_size") or 128), log=log)
+    arrays, from_cache = embeddings(ctx, ctx.batch_size, log=log)
     train_img, eval_img = standardize(arrays["train_image"], arrays["train_image"], arrays["eval_image"])
     train_txt, eval_txt = standardize(arrays["train_text"], arrays["train_text"], arrays["eval_text"])
 

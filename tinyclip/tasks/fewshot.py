@@ -29,35 +29,32 @@ The protocol is built to rank towers, not only to draw a curve:
   two-sided Wilcoxon signed-rank p-value over the draws (with 5 draws no p-value can
   be below 0.0625: claims need the 20 draws of small n).
 
-Data, first that is given in ``ctx.options``: ``chest_dir`` (the Kermany folder,
-train/ and test/), ``pneumonia_npz`` (PneumoniaMNIST: its train and test splits,
-grey → RGB at the model's image size), else, for a model trained on synthetic
-pairs, synthetic chest X-rays (1000 train, and the 400 test images of the
+Data, the first that is given: ``ctx.chest_dir`` (the Kermany folder, train/ and
+test/), ``ctx.pneumonia_npz`` (PneumoniaMNIST: its train and test splits, grey → RGB
+at the model's image size), else, for a model trained on synthetic pairs, synthetic
+chest X-rays (``synthetic_n`` train, default 1000, and the 400 test images of the
 pneumonia zero-shot task); for a real run without chest X-rays the task is skipped.
 In the loss, rows are weighted so that both classes count equally (this matters
 only for "all", whose classes are unbalanced). Features are standardised with the
 mean and std of the whole unlabelled training folder.
 
-Options read: ``chest_dir``, ``pneumonia_npz``, ``shots`` (list or "10,20,all"),
-``seeds`` (draws at n ≤ 200: a count, default 20, or a list of seeds),
-``seeds_large`` (draws above: the first K seeds, default 5), ``val_n`` (validation
-part), ``compare_init`` (0/1), ``features`` ("clip" or "pixels": downsampled raw
-pixels, a baseline that needs no model), ``head_hidden`` ("128,64"), ``head_lr``,
-``head_steps``, ``synthetic_n`` (synthetic train folder, default 1000),
-``cache_dir`` (decoded Kermany images), ``batch_size`` (images embedded at once).
+Options: ``Options`` below (the number of labelled images, draws, validation part,
+features, heads), given on the command line as ``--shots``, ``--head-steps``, ...
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..backend import manual_seed
+from ..cli import at_least_two, choice, int_list, positive_float, positive_int, positive_int_list, switch
 from . import TaskSkipped
-from .common import EvalContext
+from .common import EvalContext, option
 from .heads import cached_arrays, cache_key, fit, linear_head, mlp_head, model_fingerprint, predict, standardize
 from .metrics import accuracy, balanced_accuracy, balanced_threshold, roc_auc
 from .pneumonia import chest_xray_source  # the chest X-rays of both pneumonia tasks
@@ -83,53 +80,58 @@ PROBE_SETTINGS = {"lr": 1e-2, "weight_decay": 1e-3, "batch_size": 64, "steps": 3
 # options
 # ---------------------------------------------------------------------------
 
-def _int_list(value, name: str) -> tuple:
-    if isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
-    try:
-        return tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"option {name}: expected comma-separated integers, got {value!r}") from None
-
-
-def parse_shots(value) -> tuple:
-    """``shots`` as a tuple of positive ints and/or ``"all"`` (default ``DEFAULT_SHOTS``)."""
-    if value is None:
-        return DEFAULT_SHOTS
-    if isinstance(value, (int, np.integer)):
-        value = [value]
-    if isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
+def parse_shots(text: str) -> tuple:
+    """``--shots``: comma-separated counts (at least 2: one image per class) and/or ``all`` → a tuple."""
     shots = []
-    for v in value:
-        if str(v).lower() == "all":
+    for v in (v for v in text.replace(" ", "").split(",") if v):
+        if v.lower() == "all":
             shots.append("all")
+        elif not v.isdigit():
+            raise ValueError(f"expected comma-separated integers or 'all', got {v!r}")
+        elif int(v) < 2:
+            raise ValueError(f"n must be at least 2 (one image per class), got {v}")
         else:
-            try:
-                n = int(v)
-            except ValueError:
-                raise ValueError(f"option shots: expected integers or 'all', got {v!r}") from None
-            if n < 2:
-                raise ValueError(f"option shots: n must be at least 2 (one image per class), got {n}")
-            shots.append(n)
+            shots.append(int(v))
     if not shots:
-        raise ValueError("option shots is empty")
+        raise ValueError("expected comma-separated integers or 'all', got nothing")
     return tuple(shots)
 
 
-def parse_seeds(value, base: int = 0) -> list:
-    """``seeds``: a count (default 5 → ``base, base+1, ...``) or an explicit list of seeds."""
-    if value is None:
-        value = DEFAULT_SEEDS
-    if isinstance(value, (int, np.integer)) or (isinstance(value, str) and "," not in value):
-        try:
-            count = int(value)
-        except ValueError:
-            raise ValueError(f"option seeds: expected a count or comma-separated integers, got {value!r}") from None
-        if count < 1:
-            raise ValueError(f"option seeds: need at least one seed, got {count}")
-        return [base + i for i in range(count)]
-    return list(_int_list(value, "seeds"))
+def parse_seeds(text: str) -> int | tuple:
+    """``--seeds``: a count of draws (``"20"``, an int) or the seeds themselves (``"0,1,2"``, a tuple)."""
+    try:
+        return int_list(text, low=0) if "," in text else int_list(text)[0]
+    except ValueError:
+        raise ValueError(f"expected a count >= 1 or comma-separated seeds >= 0, got {text!r}") from None
+
+
+def draw_seeds(seeds: int | tuple, base: int = 0) -> list:
+    """The seeds of the draws: a count K → ``base, ..., base + K - 1``; a tuple of seeds as given."""
+    return [base + i for i in range(seeds)] if isinstance(seeds, int) else list(seeds)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The few-shot task's options (``python -m tinyclip.evaluate --task fewshot --shots ...``)."""
+
+    shots: tuple = option(DEFAULT_SHOTS, parse_shots, "labelled images per run, comma-separated counts or all",
+                          "LIST")
+    seeds: int | tuple = option(DEFAULT_SEEDS, parse_seeds, f"draws per n up to {SMALL_N}: a count or the seeds "
+                                "(e.g. 0,1,2); larger n use the first --seeds-large of them", "K|LIST")
+    seeds_large: int = option(DEFAULT_SEEDS_LARGE, positive_int, f"draws per n above {SMALL_N} and for all", "K")
+    val_n: int | None = option(None, at_least_two, "images of the fixed validation part of the training folder", "N",
+                               shown=f"{DEFAULT_VAL_N} or a fifth of the folder if fewer")
+    features: str = option("clip", choice("clip", "pixels"), "what the heads see: the frozen CLIP image embedding, "
+                           "or downsampled raw pixels (a baseline that needs no model)", "clip|pixels")
+    compare_init: bool = option(False, switch, "the same draws also on the untrained model of the run's "
+                                "configuration and seed, with paired differences and Wilcoxon p-values")
+    head_hidden: tuple = option(DEFAULT_HIDDEN, positive_int_list, "hidden layer widths of the MLP head", "LIST")
+    head_steps: int = option(MLP_SETTINGS["steps"], positive_int, "most Adam steps of each head (early stopping "
+                             "on the validation loss)", "N")
+    head_lr: float | None = option(None, positive_float, "Adam learning rate of the heads", "LR",
+                                   shown=f"{MLP_SETTINGS['lr']:g} for the MLP, {PROBE_SETTINGS['lr']:g} for the probe")
+    synthetic_n: int = option(1000, at_least_two, "synthetic chest X-rays of the training folder (for a run on "
+                              "synthetic data without --chest-dir or --pneumonia-npz)", "N")
 
 
 # ---------------------------------------------------------------------------
@@ -412,27 +414,14 @@ def plot_curve(path, curve: dict, baseline: float | None = None, title: str = ""
 # the task
 # ---------------------------------------------------------------------------
 
-def _flag(value) -> bool:
-    text = str(value if value is not None else "0").strip().lower()
-    if text not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise ValueError(f"option compare_init: expected 0 or 1, got {value!r}")
-    return text in ("1", "true", "yes", "on")
-
-
-def run(ctx: EvalContext, log=print) -> dict:
+def run(ctx: EvalContext, options: Options = Options(), log=print) -> dict:
     """Few-shot curve on chest X-rays for the frozen image tower of ``ctx.model``; see the module doc."""
     t0 = time.perf_counter()
-    options = ctx.options or {}
     out = Path(ctx.out)
     out.mkdir(parents=True, exist_ok=True)
-    shots = parse_shots(options.get("shots"))
-    seeds = parse_seeds(options.get("seeds"), ctx.seed)
-    seeds_large = int(options.get("seeds_large") or DEFAULT_SEEDS_LARGE)
-    hidden = _int_list(options["head_hidden"], "head_hidden") if options.get("head_hidden") else DEFAULT_HIDDEN
-    overrides = {k: cast(options[o]) for k, o, cast in (("lr", "head_lr", float), ("steps", "head_steps", int))
-                 if options.get(o) is not None}
-    kind = options.get("features", "clip")
-    compare = _flag(options.get("compare_init"))
+    seeds = draw_seeds(options.seeds, ctx.seed)
+    overrides = {"steps": options.head_steps, **({"lr": options.head_lr} if options.head_lr is not None else {})}
+    kind, compare = options.features, options.compare_init
     untrained = None
     if compare:
         if kind != "clip":
@@ -443,27 +432,28 @@ def run(ctx: EvalContext, log=print) -> dict:
             raise ValueError("option compare_init: the evaluated model is the untrained one (--checkpoint init)")
 
     run_data = (ctx.state or {}).get("args", {}).get("data", "synthetic")
-    source = chest_xray_source(options, ctx.model.config.image_size, ctx.seed, run_data)
-    batch_size = int(options.get("batch_size") or 128)
-    arrays, from_cache = extract_features(ctx.model, source, out, kind, batch_size, log=log)
+    source = chest_xray_source(ctx.model.config.image_size, ctx.seed, run_data, chest_dir=ctx.chest_dir,
+                               pneumonia_npz=ctx.pneumonia_npz, cache_dir=ctx.cache_dir,
+                               synthetic_n=options.synthetic_n)
+    arrays, from_cache = extract_features(ctx.model, source, out, kind, ctx.batch_size, log=log)
     if from_cache:
         log("fewshot: features loaded from the cache")
     train_y, test_y = arrays["train_y"].astype(np.int64), arrays["test_y"].astype(np.int64)
     if len(np.unique(train_y)) < 2 or len(test_y) == 0:
         raise ValueError("fewshot: the training images need both classes and the test set must not be empty")
-    val_idx, pool_idx = validation_part(train_y, int(options["val_n"]) if options.get("val_n") else None, ctx.seed)
-    plan = draw_plan(train_y[pool_idx], shots, seeds, seeds_large, log)
+    val_idx, pool_idx = validation_part(train_y, options.val_n, ctx.seed)
+    plan = draw_plan(train_y[pool_idx], options.shots, seeds, options.seeds_large, log)
 
     def curve_of(features, tower=""):
         train_x, test_x = standardize(features["train_x"], features["train_x"], features["test_x"])
         return few_shot_curve(train_x[pool_idx], train_y[pool_idx], train_x[val_idx], train_y[val_idx], test_x,
-                              test_y, plan, hidden, mlp_settings=overrides, probe_settings=overrides, log=log,
-                              tower=tower)
+                              test_y, plan, options.head_hidden, mlp_settings=overrides, probe_settings=overrides,
+                              log=log, tower=tower)
 
     curve = curve_of(arrays)
     reference = comparison = None
     if compare:
-        init_arrays, _ = extract_features(untrained, source, out, "clip", batch_size, log=log)
+        init_arrays, _ = extract_features(untrained, source, out, "clip", ctx.batch_size, log=log)
         reference = curve_of(init_arrays, tower="untrained ")
         comparison = paired_comparison(curve, reference)
     log("fewshot: mean ± std over the draws" + ("; Δ = this tower − the untrained one, p: Wilcoxon signed-rank"
@@ -485,12 +475,12 @@ def run(ctx: EvalContext, log=print) -> dict:
         "n_test": int(len(test_y)),
         "test_pneumonia_fraction": float(test_y.mean()),
         "majority_baseline": majority,
-        "protocol": (f"{len(seeds)} paired draws at n <= {SMALL_N}, {min(len(seeds), seeds_large)} above; early "
-                     f"stopping and the balanced-accuracy threshold from a fixed validation part of "
+        "protocol": (f"{len(seeds)} paired draws at n <= {SMALL_N}, {min(len(seeds), options.seeds_large)} above; "
+                     f"early stopping and the balanced-accuracy threshold from a fixed validation part of "
                      f"{len(val_idx)} training images"),
         "seeds": list(seeds),
         "shots": curve["shots"],
-        "mlp_hidden": list(hidden),
+        "mlp_hidden": list(options.head_hidden),
         "class_weighting": "balanced",
         # flat copies of the headline numbers, for the evaluation summary table
         **{f"{metric}_{name}_{label}": curve[name][label][f"{metric}_mean"]

@@ -17,12 +17,13 @@ whose prompts it matches best. Three ways are compared:
 
 Prompts come from a JSON file (default ``tinyclip/prompts/modality.json``)
 ``{"set name": {"class": ["prompt", ...], ...}, ...}``; a set with one prompt per
-class is scored once, a set with more is scored both ensemble ways.
+class is scored once, a set with more is scored both ensemble ways (``--prompts FILE``).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..backend import manual_seed
 from ..data.synthetic import MODALITIES  # the six the synthetic captions name; this task scores them
 from ..io import read_json
 from . import TaskSkipped, figures, softmax
+from .common import option
 from .metrics import accuracy, balanced_accuracy, confusion_matrix, per_class_scores
 
 OTHER = "other"  # a modality outside the six (PET, SPECT, scintigraphy, OCT, ophthalmic angiography)
@@ -252,8 +254,16 @@ def _probe(ctx, classes, image_emb, labels) -> dict:
             balanced_accuracy(labels, predicted), "probe_train_n": int(len(rows))}
 
 
-def run(ctx) -> dict:
-    prompts_file = ctx.options.get("prompts")
+@dataclass(frozen=True)
+class Options:
+    """The zero-shot modality task's options."""
+
+    prompts: Path | None = option(None, Path, "JSON prompt sets {set: {class: [prompts]}}", "FILE",
+                                  shown="tinyclip/prompts/modality.json")
+
+
+def run(ctx, options: Options = Options()) -> dict:
+    prompts_file = options.prompts
     prompt_sets = load_prompts(prompts_file)
     classes = list(next(iter(prompt_sets.values())))
 

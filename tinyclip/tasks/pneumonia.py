@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from ..data.images import default_cache_dir, load_images
 from ..data.synthetic import make_synthetic_chest_xray
 from ..io import read_json
 from . import TaskSkipped, figures, softmax
+from .common import option
 from .metrics import accuracy, balanced_accuracy, per_class_scores, roc_auc, roc_points
 from .modality import class_vectors, embed_prompts
 
@@ -50,25 +52,26 @@ def _file_stamp(path) -> list:
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
 
-def chest_xray_source(options: dict, image_size: int, seed: int = 0, run_data: str = "synthetic",
-                      splits=("train", "test")) -> dict:
+def chest_xray_source(image_size: int, seed: int = 0, run_data: str = "synthetic", chest_dir=None,
+                      pneumonia_npz=None, cache_dir=None, synthetic_n: int = 1000, splits=("train", "test")) -> dict:
     """Which chest X-rays the pneumonia and few-shot tasks use: ``{"name", "key", "load", "load_test"}``.
 
-    ``key`` describes the data cheaply (paths, sizes, modification times; no
-    decoding); ``load()`` returns ``(train_images, train_labels, test_images,
-    test_labels)``, ``load_test()`` only the last two, images uint8 ``(N, S, S, 3)``.
-    Synthetic chest X-rays are used only for a model trained on synthetic data
-    (``run_data``); otherwise, without ``chest_dir`` or ``pneumonia_npz``, the task is skipped.
-    A Kermany folder is listed only for ``splits`` (the zero-shot task needs no ``train/``).
+    The first that is given: ``chest_dir`` (Kermany), ``pneumonia_npz``, else, only for a
+    model trained on synthetic data (``run_data``), ``synthetic_n`` synthetic training
+    images and the synthetic test set; otherwise the task is skipped. ``key`` describes
+    the data cheaply (paths, sizes, modification times; no decoding); ``load()`` returns
+    ``(train_images, train_labels, test_images, test_labels)``, ``load_test()`` only the
+    last two, images uint8 ``(N, S, S, 3)``. A Kermany folder is listed only for
+    ``splits`` (the zero-shot task needs no ``train/``).
     """
-    if options.get("chest_dir"):
-        root = Path(options["chest_dir"])
+    if chest_dir:
+        root = Path(chest_dir)
         frames = {split: load_kermany(root, split) for split in splits}
 
         def load_split(split):
             frame = frames[split]
             images, ok = load_images(list(frame["image"]), image_size,
-                                     cache_dir=options.get("cache_dir") or default_cache_dir())
+                                     cache_dir=cache_dir or default_cache_dir())
             if not ok.all():
                 warnings.warn(f"skipped {int((~ok).sum())} undecodable {split} images in {root}")
             return np.asarray(images[ok]), frame["label"].to_numpy()[ok]
@@ -77,8 +80,8 @@ def chest_xray_source(options: dict, image_size: int, seed: int = 0, run_data: s
         key = ["kermany", str(root.resolve()), *lists, [os.stat(p).st_mtime_ns for p in sum(lists, [])], image_size]
         return {"name": "kermany", "key": key, "load": lambda: (*load_split("train"), *load_split("test")),
                 "load_test": lambda: load_split("test")}
-    if options.get("pneumonia_npz"):
-        path = options["pneumonia_npz"]
+    if pneumonia_npz:
+        path = pneumonia_npz
 
         def load_split(split):
             data = load_pneumoniamnist(path)
@@ -89,27 +92,27 @@ def chest_xray_source(options: dict, image_size: int, seed: int = 0, run_data: s
     if run_data != "synthetic":
         raise TaskSkipped("no chest X-rays: give --chest-dir (Kermany folder) or --pneumonia-npz (PneumoniaMNIST); "
                           "synthetic ones are used only for runs trained on synthetic data")
-    n_train = int(options.get("synthetic_n", 1000))
 
     def load_test():
         return make_synthetic_chest_xray(SYNTHETIC_TEST, image_size, seed=seed + SYNTHETIC_TEST_SEED)
 
     def load():
-        return (*make_synthetic_chest_xray(n_train, image_size, seed=seed + SYNTHETIC_TRAIN_SEED), *load_test())
+        return (*make_synthetic_chest_xray(synthetic_n, image_size, seed=seed + SYNTHETIC_TRAIN_SEED), *load_test())
 
-    return {"name": "synthetic", "key": ["synthetic", n_train, SYNTHETIC_TEST, image_size, seed], "load": load,
+    return {"name": "synthetic", "key": ["synthetic", synthetic_n, SYNTHETIC_TEST, image_size, seed], "load": load,
             "load_test": load_test}
 
 
-def load_test_images(options: dict, image_size: int, run_data: str, seed: int = 0):
+def load_test_images(image_size: int, run_data: str, seed: int = 0, chest_dir=None, pneumonia_npz=None,
+                     cache_dir=None):
     """``(images uint8 (N, S, S, 3), labels int (N,), source name)``; see the module doc for the order."""
-    source = chest_xray_source(options, image_size, seed, run_data, splits=("test",))
+    source = chest_xray_source(image_size, seed, run_data, chest_dir, pneumonia_npz, cache_dir, splits=("test",))
     return (*source["load_test"](), source["name"])
 
 
 def parse_prompts(value) -> dict:
     """``{"normal": [...], "pneumonia": [...]}`` from None (the defaults), a dict, a JSON file, or
-    a string ``"normal prompt; pneumonia prompt"``."""
+    a string ``"normal prompt; pneumonia prompt"`` (``--pneumonia-prompts``)."""
     if value is None:
         return {k: list(v) for k, v in DEFAULT_PROMPTS.items()}
     if isinstance(value, (str, Path)) and str(value).endswith(".json"):
@@ -141,14 +144,23 @@ def zero_shot_probs(model, images: np.ndarray, prompts: dict, batch_size: int = 
     return softmax(model.temperature() * image_emb @ vectors.T, axis=1)
 
 
-def run(ctx) -> dict:
-    options = ctx.options
-    prompts = parse_prompts(options.get("pneumonia_prompts"))
+@dataclass(frozen=True)
+class Options:
+    """The zero-shot pneumonia task's options (``--pneumonia-prompts``); the chest X-rays are common flags."""
+
+    pneumonia_prompts: dict | None = option(None, parse_prompts, "'normal prompt; pneumonia prompt' or a JSON "
+                                            'file {"normal": [...], "pneumonia": [...]}', "TEXT",
+                                            shown="'normal; pneumonia'")
+
+
+def run(ctx, options: Options = Options()) -> dict:
+    prompts = options.pneumonia_prompts or parse_prompts(None)
     run_data = (ctx.state.get("args") or {}).get("data", "")
-    images, labels, source = load_test_images(options, ctx.model.config.image_size, run_data, ctx.seed)
+    images, labels, source = load_test_images(ctx.model.config.image_size, run_data, ctx.seed, ctx.chest_dir,
+                                              ctx.pneumonia_npz, ctx.cache_dir)
     if len(labels) == 0:
         raise TaskSkipped(f"no chest X-rays in the {source} test set")
-    probs = zero_shot_probs(ctx.model, images, prompts, int(options.get("batch_size", 128)))
+    probs = zero_shot_probs(ctx.model, images, prompts, ctx.batch_size)
     predictions = probs.argmax(axis=1)
     n_pos = int((labels == 1).sum())
     per_class = per_class_scores(labels, predictions, (0, 1))

@@ -23,6 +23,8 @@ a few images.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import figures, softmax
@@ -95,7 +97,12 @@ def embed_pairs(model, images, captions, batch_size: int = 128):
     return model.embed_images(images, batch_size), model.embed_texts(list(captions), batch_size)
 
 
-def run(ctx) -> dict:
+@dataclass(frozen=True)
+class Options:
+    """Retrieval has no options of its own."""
+
+
+def run(ctx, options: Options = Options()) -> dict:
     """Retrieval metrics of ``ctx``'s pairs plus the three figures."""
     captions = [str(c) for c in ctx.frame["caption"]]
     n = len(captions)
