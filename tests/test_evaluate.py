@@ -187,7 +187,7 @@ def test_modality_on_all_pairs_of_a_roco_folder(tiny_run, tmp_path, capsys):
     (folder / "captions.txt").write_text("\n".join(lines) + "\n")
     (folder / "cuis.txt").write_text("\n".join(cuis) + "\n")
     code, out, err = run_main("--run", tiny_run, "--task", "modality", "--split", "all", "--data", "roco",
-                              "--data-dir", folder, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "eval",
+                              "--eval-data-dir", folder, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "eval",
                               capsys=capsys)
     assert code == 0, err
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())["modality"]
@@ -307,9 +307,14 @@ def test_skipped_and_failed_tasks(tiny_run, tmp_path, fake_tasks, capsys):
     (["--run", "{run}", "--task", "pneumonia-zeroshot", "--chest-dir", "{tmp}/no_chest"], "does not exist"),
     (["--run", "{run}", "--task", "modality", "--prompts", "{tmp}/none.json"], "does not exist"),
     (["--run", "{run}", "--task", "retrieval", "--data", "roco"], "--split test evaluates on the run's own data"),
-    (["--run", "{run}", "--task", "retrieval", "--split", "all", "--data", "roco"], "needs --data-dir"),
-    (["--run", "{run}", "--task", "retrieval", "--split", "all", "--data", "roco", "--data-dir", "{tmp}/x"],
+    (["--run", "{run}", "--task", "retrieval", "--split", "all", "--data", "roco"], "needs --eval-data-dir"),
+    (["--run", "{run}", "--task", "retrieval", "--split", "all", "--data", "roco", "--eval-data-dir", "{tmp}/x"],
      "data folder not found"),
+    # --data-dir is only where the run's own data moved: the folder of --split all has its own flag
+    (["--run", "{run}", "--task", "retrieval", "--split", "all", "--data-dir", "{tmp}/x"],
+     "--split all evaluates on --eval-data-dir"),
+    (["--run", "{run}", "--task", "retrieval", "--eval-data-dir", "{tmp}/x"], "--eval-data-dir is the folder of "
+     "--split all"),
     (["--run", "{run}", "--task", "retrieval", "--option", "novalue"], "KEY=VALUE"),
 ])
 def test_bad_input(tiny_run, tmp_path, capsys, argv, message):

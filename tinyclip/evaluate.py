@@ -17,11 +17,12 @@ Which pairs (``--split``):
   rebuilt exactly as training built them (``load_pairs`` with the run's saved
   data source, folder, sample count and seed) and indexed with the saved split;
   the rebuilt pair ids must equal the ids saved in the checkpoint, so evaluation
-  can never silently use other data. ``--data-dir`` may point at the same data
-  in a new place.
-* ``all``: every pair of the folder given by ``--data``/``--data-dir`` (default:
-  the run's own data, all of it, training pairs included).
+  can never silently use other data.
+* ``all``: every pair of the folder given by ``--data``/``--eval-data-dir``
+  (default: the run's own data, all of it, training pairs included).
 
+``--data-dir`` only ever says where the run's own data is now, if it moved (the
+test part, and the training part that ``cui`` fits on, with either split).
 Task options: each task's ``Options`` dataclass (``tinyclip.tasks``) becomes one
 flag per field (``--head-steps N``, ``--compare-init``); ``--option KEY=VALUE``
 is the same as the flag, for scripts written before the flags existed.
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"  {PROG} --run runs/roco --task pneumonia-zeroshot --chest-dir ../shared/data/chest_xray\n"
                f"  {PROG} --run runs/demo --task fewshot --shots 10,50,all --seeds 3 --compare-init\n"
                f"  {PROG} --run runs/demo --task all --checkpoint init\n"
-               f"  {PROG} --run runs/roco --task modality --split all --data-dir OTHER_ROCO_FOLDER",
+               f"  {PROG} --run runs/roco --task modality --split all --eval-data-dir OTHER_ROCO_FOLDER",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by tinyclip.train")
     p.add_argument("--task", required=True, metavar="TASK",
@@ -142,14 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --checkpoint init RUN_DIR/eval-init)")
     d = p.add_argument_group("evaluation pairs")
     d.add_argument("--split", choices=("test", "all"), default="test",
-                   help="test: the test part of the run's own split; all: every pair of --data/--data-dir "
+                   help="test: the test part of the run's own split; all: every pair of --data/--eval-data-dir "
                         "(default: test)")
     d.add_argument("--data", choices=("synthetic", "roco"),
                    help="data source for --split all (default: the run's)")
-    d.add_argument("--data-dir", metavar="DIR",
-                   help="ROCO folder (captions.txt, cuis.txt, images/); with --split test: where the run's "
-                        "data is now, if it moved")
+    d.add_argument("--eval-data-dir", metavar="DIR",
+                   help="ROCO folder (captions.txt, cuis.txt, images/) to evaluate on with --split all "
+                        "(default: the run's)")
     d.add_argument("--num-samples", type=positive_int, help="synthetic pairs for --split all (default: the run's)")
+    d.add_argument("--data-dir", metavar="DIR",
+                   help="where the run's own ROCO data is now, if it moved (default: the folder saved in the run)")
     d.add_argument("--cache-dir", type=Path,
                    help="decoded-image cache (default: $TINYCLIP_CACHE or ~/.cache/tinyclip)")
     r = p.add_argument_group("running")
@@ -266,7 +269,8 @@ def load_run_pairs(state, data_dir=None, cache_dir=None, progress: bool = False)
     where = data_dir if source == "roco" else f"synthetic data (seed {run_args.get('seed', 0)})"
     frame, images = _load(source, data_dir, run_args.get("num_samples", 2000), run_args.get("seed", 0),
                           int(state["config"]["image_size"]), cache_dir, progress)
-    check_ids(frame, state.get("ids", []), where, hint="point --data-dir at the run's data, or use --split all")
+    check_ids(frame, state.get("ids", []), where,
+              hint="point --data-dir at the run's data, or evaluate another folder with --split all --eval-data-dir")
     return frame, images
 
 
@@ -277,15 +281,16 @@ def evaluation_data(args, state, need_train: bool, progress: bool):
     run_source = run_args.get("data", "synthetic")
 
     def run_pairs():
-        # --data-dir says where the run's own data is now only with --split test; with --split all it names
-        # the folder to evaluate on, and the run's training part (if a task needs it) comes from the saved one.
-        return load_run_pairs(state, args.data_dir if args.split == "test" else None, args.cache_dir, progress)
+        return load_run_pairs(state, args.data_dir, args.cache_dir, progress)
 
     split = state.get("split") or {}
     if args.split == "test":
         if args.data and args.data != run_source:
             raise UsageError(f"--split test evaluates on the run's own data ({run_source}); "
                              f"use --split all for --data {args.data}")
+        if args.eval_data_dir:
+            raise UsageError("--eval-data-dir is the folder of --split all; --split test evaluates on the run's "
+                             "own data (--data-dir: where it is now, if it moved)")
         if "test" not in split:
             raise ValueError("the checkpoint has no saved split")
         frame, images = run_pairs()
@@ -294,10 +299,13 @@ def evaluation_data(args, state, need_train: bool, progress: bool):
                 frame.iloc[train].reset_index(drop=True), np.asarray(images[train]),
                 f"test split of the run's {run_source} data: {len(test)} pairs")
 
+    if args.data_dir and not args.eval_data_dir:  # what --data-dir meant with --split all before --eval-data-dir
+        raise UsageError(f"--split all evaluates on --eval-data-dir {args.data_dir}; --data-dir only says where "
+                         f"the run's own data is now")
     source = args.data or run_source
-    data_dir = args.data_dir if args.data_dir else (run_args.get("data_dir") if source == run_source else None)
+    data_dir = args.eval_data_dir or (run_args.get("data_dir") if source == run_source else None)
     if source == "roco" and not data_dir:
-        raise UsageError("--split all with --data roco needs --data-dir")
+        raise UsageError("--split all with --data roco needs --eval-data-dir")
     num_samples = args.num_samples or run_args.get("num_samples", 2000)
     frame, images = _load(source, data_dir, num_samples, run_args.get("seed", 0), image_size, args.cache_dir, progress)
     where = data_dir if source == "roco" else f"{num_samples} synthetic pairs"
