@@ -18,6 +18,7 @@ Sizes follow PyTorch (floor mode): ``Ho = (H + 2·padding - kh) // stride + 1``.
 
 from __future__ import annotations
 
+from .. import threads
 from ..backend import get_array_module
 from ..tensor import Function
 
@@ -136,18 +137,25 @@ class Conv2d(Function):
 
     x (N, C, H, W), or (N, H, W, C) channels-last; weight (O, C, kh, kw); bias (O,).
     Every product runs over a chunk of images at a time (``image_chunks``): the rows of im2col(x)
-    and of y are the images' rows in order, so each formula holds chunk by chunk (dW and db summed).
+    and of y are the images' rows in order, so each formula holds chunk by chunk (dW summed). On
+    NumPy the chunks are shared out over the CPU threads (``tinyclip.threads``).
     """
 
     def __init__(self, stride, padding, channels_last: bool):
         self.stride, self.padding, self.channels_last = pair(stride), pair(padding), channels_last
 
-    def _chunks(self, xp, x, rows_per_image: int):
-        """The batch's image slices, and one (rows, kh·kw·C) buffer big enough for any of them."""
-        width = self.kernel[0] * self.kernel[1] * x.shape[-1]
-        chunks = image_chunks(xp, x.shape[0], rows_per_image * width * x.itemsize)
-        rows = (chunks[0].stop - chunks[0].start) * rows_per_image
-        return chunks, xp.empty((rows, width), dtype=x.dtype)
+    def _run(self, xp, share_fn, x, rows_per_image: int) -> list:
+        """share_fn over the batch's chunks of images: on NumPy one share of them per CPU thread."""
+        chunks = image_chunks(xp, x.shape[0], rows_per_image * self._width(x) * x.itemsize)
+        return threads.map_shares(share_fn, chunks) if xp.__name__ == "numpy" else [share_fn(chunks)]
+
+    def _width(self, x) -> int:
+        return self.kernel[0] * self.kernel[1] * x.shape[-1]
+
+    def _buffer(self, xp, x, chunks, rows_per_image: int):
+        """One (rows, kh·kw·C) patch-matrix buffer big enough for any of ``chunks``."""
+        rows = max((part.stop - part.start for part in chunks), default=0) * rows_per_image
+        return xp.empty((rows, self._width(x)), dtype=x.dtype)
 
     def forward(self, x, weight, bias=None):
         xp = get_array_module(x)
@@ -167,13 +175,17 @@ class Conv2d(Function):
         w_mat = weight.transpose(0, 2, 3, 1).reshape(O, kh * kw * C)
         w_t = xp.ascontiguousarray(w_mat.T)
         y = xp.empty((N, Ho, Wo, O), dtype=xp.result_type(x.dtype, weight.dtype))  # channels-last output
-        chunks, buffer = self._chunks(xp, x, Ho * Wo)
-        for part in chunks:
-            y_part = y[part].reshape(-1, O)  # a view: a chunk of images is a block of rows
-            cols = im2col(x[part], (kh, kw), self.stride, self.padding, out=buffer[:len(y_part)])
-            xp.matmul(cols, w_t, out=y_part)
-            if bias is not None:
-                y_part += bias
+
+        def forward_share(chunks):
+            buffer = self._buffer(xp, x, chunks, Ho * Wo)
+            for part in chunks:
+                y_part = y[part].reshape(-1, O)  # a view: a chunk of images is a block of rows
+                cols = im2col(x[part], (kh, kw), self.stride, self.padding, out=buffer[:len(y_part)])
+                xp.matmul(cols, w_t, out=y_part)
+                if bias is not None:
+                    y_part += bias
+
+        self._run(xp, forward_share, x, Ho * Wo)
 
         self.x, self.w_mat = x, w_mat
         return y if self.channels_last else xp.ascontiguousarray(y.transpose(0, 3, 1, 2))
@@ -188,21 +200,28 @@ class Conv2d(Function):
         need_gx, need_gw = self.needs_input_grad[0], self.needs_input_grad[1]
 
         gx = xp.empty(self.x.shape, dtype=gy.dtype) if need_gx else None
-        gw_mat = xp.zeros((self.w_mat.shape[1], O), dtype=gy.dtype) if need_gw else None
-        chunks, cols_buffer = self._chunks(xp, self.x, Ho * Wo)
-        dcols_buffer = xp.empty_like(cols_buffer) if need_gx else None
-        for part in chunks:
-            g = gy[part].reshape(-1, O)
-            if need_gw:
-                cols = im2col(self.x[part], self.kernel, self.stride, self.padding, out=cols_buffer[:len(g)])
-                # (kh·kw·C, O). Not gyᵀ @ cols = (O, kh·kw·C): OpenBLAS runs that long thin product
-                # up to 10× slower on 2 threads (benchmarks/bench_conv.py --layouts).
-                gw_mat += cols.T @ g
-            if need_gx:
-                dcols = xp.matmul(g, self.w_mat, out=dcols_buffer[:len(g)])
-                gx[part] = col2im(dcols, self.x[part].shape, self.kernel, self.stride, self.padding)
 
-        gw = None if gw_mat is None else xp.ascontiguousarray(gw_mat.reshape(kh, kw, -1, O).transpose(3, 2, 0, 1))
+        def backward_share(chunks):
+            """Writes gx of its images; returns their share of dW as a (kh·kw·C, O) matrix (or None)."""
+            buffer = self._buffer(xp, self.x, chunks, Ho * Wo)
+            gw_mat = xp.zeros((self.w_mat.shape[1], O), dtype=gy.dtype) if need_gw else None
+            for part in chunks:
+                g = gy[part].reshape(-1, O)
+                if need_gw:
+                    cols = im2col(self.x[part], self.kernel, self.stride, self.padding, out=buffer[:len(g)])
+                    # (kh·kw·C, O). Not gyᵀ @ cols = (O, kh·kw·C): OpenBLAS runs that long thin product
+                    # up to 10× slower on 2 threads (benchmarks/bench_conv.py --layouts).
+                    gw_mat += cols.T @ g
+                if need_gx:  # dcols reuses the buffer: the weight gradient above is done with cols
+                    dcols = xp.matmul(g, self.w_mat, out=buffer[:len(g)])
+                    gx[part] = col2im(dcols, self.x[part].shape, self.kernel, self.stride, self.padding)
+            return gw_mat
+
+        shares = self._run(xp, backward_share, self.x, Ho * Wo)
+        gw = None
+        if need_gw:
+            gw_mat = sum(shares[1:], shares[0])
+            gw = xp.ascontiguousarray(gw_mat.reshape(kh, kw, -1, O).transpose(3, 2, 0, 1))
         gb = gy.reshape(-1, O).sum(axis=0) if self.has_bias and self.needs_input_grad[2] else None
         if need_gx and not self.channels_last:
             gx = xp.ascontiguousarray(gx.transpose(0, 3, 1, 2))
