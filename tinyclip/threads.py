@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from threadpoolctl import ThreadpoolController
 
 _lock = threading.Lock()
+_region = threading.Lock()
 _state: dict = {}  # the BLAS controller and the pool, made on first use
 
 
@@ -46,5 +47,7 @@ def map_shares(fn, items: list) -> list:
     n = min(state["workers"], len(items))
     if n <= 1 or threading.current_thread().name.startswith("tinyclip"):  # no pool inside the pool
         return [fn(items)]
-    with state["controller"].limit(limits=1, user_api="blas"):
+    # One parallel region at a time (say, two server threads): the BLAS limit is process-wide, and
+    # two regions entering and leaving it out of order could leave BLAS on one thread for good.
+    with _region, state["controller"].limit(limits=1, user_api="blas"):
         return list(state["pool"].map(fn, [items[k::n] for k in range(n)]))
