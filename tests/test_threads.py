@@ -70,3 +70,22 @@ def test_conv2d_on_two_threads_equals_one_thread(monkeypatch, two_workers, chann
         results.append([y.data, x.grad, w.grad, b.grad])
     for two, one in zip(*results):
         np.testing.assert_allclose(two, one, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_max_pool_on_two_threads_equals_one_thread(monkeypatch, two_workers, channels_last):
+    from tinyclip.functional.conv import max_pool2d
+    rng = np.random.default_rng(6)
+    x0 = rng.standard_normal((5, 6, 7, 3) if channels_last else (5, 3, 6, 7))
+    x0[0, 0, 0] = x0[0, 0, 1] = 9.0  # a tie: exactly one element gets the gradient either way
+    gy = rng.standard_normal((5, 3, 3, 3))
+    monkeypatch.setattr(conv_module, "CHUNK_BYTES", x0[:1].nbytes)  # one image per chunk
+    results = []
+    for workers in (2, 1):
+        monkeypatch.setitem(threads._state, "workers", workers)
+        x = Tensor(x0, requires_grad=True)
+        y = max_pool2d(x, 2, channels_last=channels_last)
+        y.backward(gy if channels_last else gy.transpose(0, 3, 1, 2))
+        results.append([y.data, x.grad])
+    for two, one in zip(*results):
+        np.testing.assert_array_equal(two, one)

@@ -58,6 +58,12 @@ def image_chunks(xp, n_images: int, bytes_per_image: int) -> list:
     return [slice(i, min(i + step, n_images)) for i in range(0, n_images, step)]
 
 
+def over_images(xp, share_fn, n_images: int, bytes_per_image: int) -> list:
+    """share_fn(list of image slices) over the batch's chunks: on NumPy one share of them per CPU thread."""
+    chunks = image_chunks(xp, n_images, bytes_per_image)
+    return threads.map_shares(share_fn, chunks) if xp.__name__ == "numpy" else [share_fn(chunks)]
+
+
 # ---------------------------------------------------------------------------
 # im2col / col2im (channels-last)
 # ---------------------------------------------------------------------------
@@ -145,9 +151,8 @@ class Conv2d(Function):
         self.stride, self.padding, self.channels_last = pair(stride), pair(padding), channels_last
 
     def _run(self, xp, share_fn, x, rows_per_image: int) -> list:
-        """share_fn over the batch's chunks of images: on NumPy one share of them per CPU thread."""
-        chunks = image_chunks(xp, x.shape[0], rows_per_image * self._width(x) * x.itemsize)
-        return threads.map_shares(share_fn, chunks) if xp.__name__ == "numpy" else [share_fn(chunks)]
+        """share_fn over the batch's chunks of images, sized by their patch matrices (``over_images``)."""
+        return over_images(xp, share_fn, x.shape[0], rows_per_image * self._width(x) * x.itemsize)
 
     def _width(self, x) -> int:
         return self.kernel[0] * self.kernel[1] * x.shape[-1]
@@ -247,7 +252,8 @@ class MaxPool2d(Function):
     """y = the maximum of each kh×kw window;  dx = gy at the window's first maximum, 0 elsewhere
 
     Works offset by offset: the element at offset (i, j) of every window is one strided slice
-    of x, so the max is kh·kw element-wise ``maximum``s, with no loop over windows or pixels.
+    of x, so the max is kh·kw element-wise ``maximum``s, with no loop over windows or pixels;
+    a few images at a time, shared out over the CPU threads as conv2d's chunks.
     """
 
     def __init__(self, kernel_size, stride, channels_last: bool):
@@ -268,31 +274,48 @@ class MaxPool2d(Function):
         (kh, kw), (sh, sw) = self.kernel, self.stride
         H, W = x.shape[1:3] if self.channels_last else x.shape[2:4]
         self.out_size = conv_output_size(H, kh, sh), conv_output_size(W, kw, sw)
-        offsets = [(i, j) for i in range(kh) for j in range(kw)]
+        self.offsets, self.x_shape = [(i, j) for i in range(kh) for j in range(kw)], x.shape
+        shape = x[self._offset(0, 0)].shape
+        y = xp.empty(shape, dtype=x.dtype)
+        self.argmax = xp.empty(shape, dtype=xp.uint8 if len(self.offsets) <= 256 else xp.int32)
 
-        y = x[self._offset(0, 0)].copy()
+        def share(chunks):  # chunks of images, as conv2d's, on the CPU threads
+            for part in chunks:
+                self._pool(xp, x[part], y[part], self.argmax[part])
+
+        over_images(xp, share, x.shape[0], x[:1].nbytes)
+        return y
+
+    def _pool(self, xp, x, y, argmax) -> None:
+        """Fills y with the windows' maxima of x and argmax with the offset of each (views of the outputs)."""
+        offsets = self.offsets
+        xp.copyto(y, x[self._offset(0, 0)])
         for i, j in offsets[1:]:
             xp.maximum(y, x[self._offset(i, j)], out=y)
 
         # Which offset holds each window's maximum: the first one, so on ties exactly one element
         # gets the gradient. Walking the offsets backwards, the last match written is the first.
-        argmax = xp.full(y.shape, len(offsets) - 1, dtype=xp.uint8 if len(offsets) <= 256 else xp.int32)
+        argmax[...] = len(offsets) - 1
         for o in range(len(offsets) - 2, -1, -1):
             hit = x[self._offset(*offsets[o])] == y
             # argmax = where(hit, o, argmax), done in place (twice as fast as where); argmax >= o here.
             argmax -= hit * (argmax - o)
-        self.argmax, self.offsets, self.x_shape = argmax, offsets, x.shape
-        return y
 
     def backward(self, gy):
         xp = get_array_module(gy)
         gx = xp.zeros(self.x_shape, dtype=gy.dtype)
         overlapping = self.stride[0] < self.kernel[0] or self.stride[1] < self.kernel[1]
-        for o, (i, j) in enumerate(self.offsets):
-            if overlapping:  # an input element can be in several windows: contributions add
-                gx[self._offset(i, j)] += gy * (self.argmax == o)
-            else:
-                xp.multiply(gy, self.argmax == o, out=gx[self._offset(i, j)])
+
+        def share(chunks):
+            for part in chunks:
+                g, argmax, out = gy[part], self.argmax[part], gx[part]
+                for o, (i, j) in enumerate(self.offsets):
+                    if overlapping:  # an input element can be in several windows: contributions add
+                        out[self._offset(i, j)] += g * (argmax == o)
+                    else:
+                        xp.multiply(g, argmax == o, out=out[self._offset(i, j)])
+
+        over_images(xp, share, gx.shape[0], gx[:1].nbytes)
         return gx
 
 
