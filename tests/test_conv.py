@@ -315,14 +315,14 @@ def test_against_torch():
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_conv2d_in_chunks_of_images_equals_one_chunk(monkeypatch, channels_last):
     """conv2d runs a few images at a time: chunks of 2 of 5 images (the last one short) give the whole batch's values."""
-    from tinyclip.functional import conv as conv_module
+    from tinyclip import threads
     rng = np.random.default_rng(3)
     x0 = rng.standard_normal((5, 6, 7, 3) if channels_last else (5, 3, 6, 7))
     w0, b0 = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     results = []
     for chunk_bytes in (10 ** 9, 2 * 6 * 7 * 27 * 8):  # the whole batch; two images of patch matrix (float64)
-        monkeypatch.setattr(conv_module, "CHUNK_BYTES", chunk_bytes)
-        assert len(conv_module.image_chunks(np, 5, 6 * 7 * 27 * 8)) == (1 if chunk_bytes == 10 ** 9 else 3)
+        monkeypatch.setattr(threads, "CHUNK_BYTES", chunk_bytes)
+        assert len(threads.batch_chunks(np, 5, 6 * 7 * 27 * 8)) == (1 if chunk_bytes == 10 ** 9 else 3)
         x, w, b = (Tensor(a, requires_grad=True) for a in (x0, w0, b0))
         y = conv2d(x, w, b, stride=1, padding=1, channels_last=channels_last)
         (y * y).sum().backward()

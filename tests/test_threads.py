@@ -8,7 +8,6 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from tinyclip import Tensor, threads
-from tinyclip.functional import conv as conv_module
 from tinyclip.functional.conv import conv2d
 
 
@@ -60,7 +59,7 @@ def test_conv2d_on_two_threads_equals_one_thread(monkeypatch, two_workers, chann
     rng = np.random.default_rng(5)
     x0 = rng.standard_normal((5, 6, 7, 3) if channels_last else (5, 3, 6, 7))
     w0, b0 = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
-    monkeypatch.setattr(conv_module, "CHUNK_BYTES", 6 * 7 * 27 * 8)  # one image per chunk: 5 chunks, 2 shares
+    monkeypatch.setattr(threads, "CHUNK_BYTES", 6 * 7 * 27 * 8)  # one image per chunk: 5 chunks, 2 shares
     results = []
     for workers in (2, 1):
         monkeypatch.setitem(threads._state, "workers", workers)
@@ -79,7 +78,7 @@ def test_max_pool_on_two_threads_equals_one_thread(monkeypatch, two_workers, cha
     x0 = rng.standard_normal((5, 6, 7, 3) if channels_last else (5, 3, 6, 7))
     x0[0, 0, 0] = x0[0, 0, 1] = 9.0  # a tie: exactly one element gets the gradient either way
     gy = rng.standard_normal((5, 3, 3, 3))
-    monkeypatch.setattr(conv_module, "CHUNK_BYTES", x0[:1].nbytes)  # one image per chunk
+    monkeypatch.setattr(threads, "CHUNK_BYTES", x0[:1].nbytes)  # one image per chunk
     results = []
     for workers in (2, 1):
         monkeypatch.setitem(threads._state, "workers", workers)
@@ -87,5 +86,28 @@ def test_max_pool_on_two_threads_equals_one_thread(monkeypatch, two_workers, cha
         y = max_pool2d(x, 2, channels_last=channels_last)
         y.backward(gy if channels_last else gy.transpose(0, 3, 1, 2))
         results.append([y.data, x.grad])
+    for two, one in zip(*results):
+        np.testing.assert_array_equal(two, one)
+
+
+def test_attention_on_two_threads_equals_one_thread(monkeypatch, two_workers):
+    """Padding, a fully padded item, dropout (drawn once for the whole batch) and the returned weights."""
+    from tinyclip import backend
+    from tinyclip.functional.attention import scaled_dot_product_attention
+    rng = np.random.default_rng(7)
+    q0, k0, v0 = (rng.standard_normal((5, 2, 4, 3)) for _ in range(3))
+    pad = rng.random((5, 4)) < 0.3
+    pad[2] = True
+    g_out, g_w = rng.standard_normal((5, 2, 4, 3)), rng.standard_normal((5, 2, 4, 4))
+    monkeypatch.setattr(threads, "CHUNK_BYTES", 2 * 4 * 4 * 8)  # one batch item per chunk
+    results = []
+    for workers in (2, 1):
+        monkeypatch.setitem(threads._state, "workers", workers)
+        backend.manual_seed(0)
+        q, k, v = (Tensor(a, requires_grad=True) for a in (q0, k0, v0))
+        out, weights = scaled_dot_product_attention(q, k, v, key_padding_mask=pad, dropout_p=0.25,
+                                                    return_weights=True)
+        ((out * Tensor(g_out)).sum() + (weights * Tensor(g_w)).sum()).backward()
+        results.append([out.data, weights.data, q.grad, k.grad, v.grad])
     for two, one in zip(*results):
         np.testing.assert_array_equal(two, one)

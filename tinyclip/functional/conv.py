@@ -42,29 +42,6 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) 
 
 
 # ---------------------------------------------------------------------------
-# the batch in chunks of images
-# ---------------------------------------------------------------------------
-
-# conv2d builds the patch matrix a few images at a time on the CPU. The whole batch's is ≈ 150 MB at
-# the reference sizes; ≈ 3 MB of it stays in the cache from im2col through the product (and in
-# backward through col2im), which makes the layer ≈ 1.5× faster (benchmarks/bench_ops.py). CuPy
-# takes the whole batch at once: a GPU wants few, large kernels.
-CHUNK_BYTES = 3 << 20
-
-
-def image_chunks(xp, n_images: int, bytes_per_image: int) -> list:
-    """Slices of the batch axis, each about CHUNK_BYTES of patch matrix (one slice on a GPU)."""
-    step = n_images if xp.__name__ != "numpy" else max(1, CHUNK_BYTES // max(bytes_per_image, 1))
-    return [slice(i, min(i + step, n_images)) for i in range(0, n_images, step)]
-
-
-def over_images(xp, share_fn, n_images: int, bytes_per_image: int) -> list:
-    """share_fn(list of image slices) over the batch's chunks: on NumPy one share of them per CPU thread."""
-    chunks = image_chunks(xp, n_images, bytes_per_image)
-    return threads.map_shares(share_fn, chunks) if xp.__name__ == "numpy" else [share_fn(chunks)]
-
-
-# ---------------------------------------------------------------------------
 # im2col / col2im (channels-last)
 # ---------------------------------------------------------------------------
 
@@ -142,7 +119,7 @@ class Conv2d(Function):
     dW = (im2col(x)ᵀ @ gy)ᵀ,  db = Σ gy,  dx = col2im(gy @ W)
 
     x (N, C, H, W), or (N, H, W, C) channels-last; weight (O, C, kh, kw); bias (O,).
-    Every product runs over a chunk of images at a time (``image_chunks``): the rows of im2col(x)
+    Every product runs over a chunk of images at a time (``threads.over_batch``): the rows of im2col(x)
     and of y are the images' rows in order, so each formula holds chunk by chunk (dW summed). On
     NumPy the chunks are shared out over the CPU threads (``tinyclip.threads``).
     """
@@ -151,8 +128,8 @@ class Conv2d(Function):
         self.stride, self.padding, self.channels_last = pair(stride), pair(padding), channels_last
 
     def _run(self, xp, share_fn, x, rows_per_image: int) -> list:
-        """share_fn over the batch's chunks of images, sized by their patch matrices (``over_images``)."""
-        return over_images(xp, share_fn, x.shape[0], rows_per_image * self._width(x) * x.itemsize)
+        """share_fn over the batch's chunks of images, sized by their patch matrices."""
+        return threads.over_batch(xp, share_fn, x.shape[0], rows_per_image * self._width(x) * x.itemsize)
 
     def _width(self, x) -> int:
         return self.kernel[0] * self.kernel[1] * x.shape[-1]
@@ -283,7 +260,7 @@ class MaxPool2d(Function):
             for part in chunks:
                 self._pool(xp, x[part], y[part], self.argmax[part])
 
-        over_images(xp, share, x.shape[0], x[:1].nbytes)
+        threads.over_batch(xp, share, x.shape[0], x[:1].nbytes)
         return y
 
     def _pool(self, xp, x, y, argmax) -> None:
@@ -320,7 +297,7 @@ class MaxPool2d(Function):
                     else:
                         xp.multiply(g, argmax == o, out=out[self._offset(i, j)])
 
-        over_images(xp, share, gx.shape[0], gx[:1].nbytes)
+        threads.over_batch(xp, share, gx.shape[0], gx[:1].nbytes)
         return gx
 
 
