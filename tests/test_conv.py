@@ -316,6 +316,8 @@ def test_against_torch():
 def test_conv2d_in_chunks_of_images_equals_one_chunk(monkeypatch, channels_last):
     """conv2d runs a few images at a time: chunks of 2 of 5 images (the last one short) give the whole batch's values."""
     from tinyclip import threads
+    threads._setup()
+    monkeypatch.setitem(threads._state, "workers", 1)  # one thread: the chunks alone decide
     rng = np.random.default_rng(3)
     x0 = rng.standard_normal((5, 6, 7, 3) if channels_last else (5, 3, 6, 7))
     w0, b0 = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)

@@ -111,3 +111,19 @@ def test_attention_on_two_threads_equals_one_thread(monkeypatch, two_workers):
         results.append([out.data, weights.data, q.grad, k.grad, v.grad])
     for two, one in zip(*results):
         np.testing.assert_array_equal(two, one)
+
+
+def test_layer_norm_on_two_threads_equals_one_thread(monkeypatch, two_workers):
+    from tinyclip.functional.norm import layer_norm
+    rng = np.random.default_rng(8)
+    x0, w0, b0 = rng.standard_normal((3, 5, 6)), rng.standard_normal(6), rng.standard_normal(6)
+    gy = rng.standard_normal((3, 5, 6))
+    results = []
+    for workers in (2, 1):
+        monkeypatch.setitem(threads._state, "workers", workers)
+        assert len(threads.batch_chunks(np, 15, 6 * 8)) == workers  # small rows: one chunk per thread
+        x, w, b = (Tensor(a, requires_grad=True) for a in (x0, w0, b0))
+        layer_norm(x, w, b).backward(gy)
+        results.append([x.grad, w.grad, b.grad])
+    for two, one in zip(*results):
+        np.testing.assert_array_equal(two, one)

@@ -61,8 +61,11 @@ def map_shares(fn, items: list) -> list:
 
 
 def batch_chunks(xp, n: int, bytes_per_item: int) -> list:
-    """Slices of a batch of n items, each about CHUNK_BYTES of work (one slice on a GPU)."""
-    step = n if xp.__name__ != "numpy" else max(1, CHUNK_BYTES // max(bytes_per_item, 1))
+    """Slices of a batch of n items, each about CHUNK_BYTES of work and at least one per thread
+    (one slice on a GPU)."""
+    step = n
+    if xp.__name__ == "numpy":
+        step = max(1, min(CHUNK_BYTES // max(bytes_per_item, 1), -(-n // workers())))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
