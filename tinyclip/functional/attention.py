@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 
-from .. import threads
 from ..backend import get_array_module
 from ..tensor import Function, Tensor
 from .norm import check_dropout_p, keep_mask
@@ -28,7 +27,6 @@ class ScaledDotProductAttention(Function):
     ``return_weights`` also P: (N, h, L, S). With P̃ = P after dropout, backward is
     dV = P̃ᵀ dO;  dP = (dO Vᵀ) ⊙ dropmask (+ dWeights);  dS = P ⊙ (dP - rowsum(dP ⊙ P));
     dQ = dS K / √d;  dK = dSᵀ Q / √d.
-    Each batch item is independent, so both passes run over slices of the batch on the CPU threads.
     """
 
     def __init__(self, key_padding_mask, dropout_p: float, return_weights: bool):
@@ -44,7 +42,11 @@ class ScaledDotProductAttention(Function):
             raise ValueError(f"attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
                              "(k must be (N, h, S, d) and v (N, h, S, d_v))")
         scale = 1.0 / math.sqrt(d)
-        pad = None
+        # Scale Q (L·d numbers) rather than the scores (L·S); the scaled Q also serves dK in backward.
+        q_scaled = q * scale
+        scores = q_scaled @ k.swapaxes(-1, -2)  # (N, h, L, S)
+
+        dead = None  # batch items whose every key is padding
         if self.pad is not None:
             pad = xp.asarray(self.pad)
             if pad.shape != (n, k.shape[2]):
@@ -52,28 +54,6 @@ class ScaledDotProductAttention(Function):
             if pad.dtype != bool:
                 raise TypeError(f"attention: key_padding_mask must be bool (True = padding), got {pad.dtype}; "
                                 "from a 1-means-keep attention mask pass `mask == 0`")
-        # Drawn whole, before the batch is shared out: the same random stream on any thread count.
-        self.keep = keep_mask(xp, (n, h, q.shape[2], k.shape[2]), self.p) if self.p > 0.0 else None
-        self.q_scaled, self.k, self.v, self.scale = xp.empty_like(q), k, v, scale
-        self.probs = xp.empty((n, h, q.shape[2], k.shape[2]), dtype=xp.result_type(q, k))
-        self.dropped = self.probs if self.keep is None else xp.empty_like(self.probs)
-        out = xp.empty(q.shape[:3] + v.shape[3:], dtype=xp.result_type(q, v))
-
-        def share(chunks):  # slices of the batch, on the CPU threads (tinyclip.threads)
-            for part in chunks:
-                out[part] = self._forward(xp, q[part], k[part], v[part], None if pad is None else pad[part], part)
-
-        threads.over_batch(xp, share, n, self.probs[:1].nbytes)
-        return (out, self.probs) if self.return_weights else out
-
-    def _forward(self, xp, q, k, v, pad, part):
-        """O for a slice of the batch; fills that slice of q_scaled, probs and dropped."""
-        # Scale Q (L·d numbers) rather than the scores (L·S); the scaled Q also serves dK in backward.
-        q_scaled = xp.multiply(q, self.scale, out=self.q_scaled[part])
-        scores = xp.matmul(q_scaled, k.swapaxes(-1, -2), out=self.probs[part])  # (n, h, L, S)
-
-        dead = None  # batch items whose every key is padding
-        if pad is not None:
             # Adding -inf (rather than a large negative number) makes exp give exactly 0 for padding.
             scores += xp.where(pad, -xp.inf, 0.0).astype(scores.dtype)[:, None, None, :]
             dead = pad.all(axis=1)
@@ -92,51 +72,42 @@ class ScaledDotProductAttention(Function):
             total[dead] = 1.0
         probs *= 1.0 / total
 
-        dropped = probs
-        if self.keep is not None:
-            dropped = xp.multiply(probs, self.keep[part], out=self.dropped[part])
+        dropped, keep = probs, None
+        if self.p > 0.0:
+            keep = keep_mask(xp, probs.shape, self.p)
+            dropped = probs * keep
             dropped *= 1.0 / (1.0 - self.p)
-        return dropped @ v
+        out = dropped @ v
+
+        self.q_scaled, self.k, self.v, self.scale = q_scaled, k, v, scale
+        self.probs, self.dropped, self.keep = probs, dropped, keep
+        return (out, probs) if self.return_weights else out
 
     def backward(self, g_out, g_weights=None):
         xp = get_array_module(g_out)
-        need_q, need_k, need_v = self.needs_input_grad
-        gq = xp.empty_like(self.q_scaled) if need_q else None
-        gk = xp.empty_like(self.k) if need_k else None
-        gv = xp.empty_like(self.v) if need_v else None
-
-        def share(chunks):
-            for part in chunks:
-                g = None if g_weights is None else g_weights[part]
-                self._backward(xp, part, g_out[part], g, gq, gk, gv)
-
-        threads.over_batch(xp, share, len(self.probs), self.probs[:1].nbytes)
+        probs, dropped = self.probs, self.dropped
+        gq = gk = gv = None
+        if self.needs_input_grad[2]:
+            gv = dropped.swapaxes(-1, -2) @ g_out
+        if self.needs_input_grad[0] or self.needs_input_grad[1]:
+            g_probs = g_out @ self.v.swapaxes(-1, -2)  # (N, h, L, S): gradient w.r.t. P̃
+            if self.keep is not None:  # back through dropout: only the kept weights, scaled
+                g_probs *= self.keep
+                g_probs *= 1.0 / (1.0 - self.p)
+            if g_weights is not None:  # the returned weights P were used too
+                g_probs += g_weights
+            # Softmax backward in place: dS = P ⊙ (dP - Σ_keys dP ⊙ P). Padded keys and fully
+            # padded rows have P = 0, so their scores get no gradient.
+            row = xp.einsum("...i,...i->...", g_probs, probs)[..., None]  # no (dP ⊙ P) temporary
+            g_probs -= row
+            g_probs *= probs
+            g_scores = g_probs
+            if self.needs_input_grad[0]:
+                gq = g_scores @ self.k
+                gq *= self.scale
+            if self.needs_input_grad[1]:
+                gk = g_scores.swapaxes(-1, -2) @ self.q_scaled
         return gq, gk, gv
-
-    def _backward(self, xp, part, g_out, g_weights, gq, gk, gv):
-        """Writes the slice ``part`` of gq, gk, gv (those that are not None)."""
-        probs, dropped = self.probs[part], self.dropped[part]
-        if gv is not None:
-            gv[part] = dropped.swapaxes(-1, -2) @ g_out
-        if gq is None and gk is None:
-            return
-        g_probs = g_out @ self.v[part].swapaxes(-1, -2)  # (n, h, L, S): gradient w.r.t. P̃
-        if self.keep is not None:  # back through dropout: only the kept weights, scaled
-            g_probs *= self.keep[part]
-            g_probs *= 1.0 / (1.0 - self.p)
-        if g_weights is not None:  # the returned weights P were used too
-            g_probs += g_weights
-        # Softmax backward in place: dS = P ⊙ (dP - Σ_keys dP ⊙ P). Padded keys and fully
-        # padded rows have P = 0, so their scores get no gradient.
-        row = xp.einsum("...i,...i->...", g_probs, probs)[..., None]  # no (dP ⊙ P) temporary
-        g_probs -= row
-        g_probs *= probs
-        g_scores = g_probs
-        if gq is not None:
-            xp.matmul(g_scores, self.k[part], out=gq[part])
-            gq[part] *= self.scale
-        if gk is not None:
-            xp.matmul(g_scores.swapaxes(-1, -2), self.q_scaled[part], out=gk[part])
 
 
 def scaled_dot_product_attention(q, k, v, key_padding_mask=None, dropout_p: float = 0.0,

@@ -10,7 +10,6 @@ the expected value is unchanged and evaluation needs no rescaling ("inverted" dr
 
 from __future__ import annotations
 
-from .. import threads
 from ..backend import get_array_module, get_rng
 from ..tensor import Function, Tensor, as_tensor
 
@@ -45,44 +44,29 @@ class LayerNorm(Function):
             raise ValueError(f"layer_norm: x {x.shape} needs weight and bias of shape ({d},), "
                              f"got {weight.shape} and {bias.shape}")
         xp = get_array_module(x)
-        rows = x.reshape(-1, d)  # rows are independent: shared out over the CPU threads
-        self.x_hat, self.inv_std = xp.empty_like(rows), xp.empty((len(rows), 1), dtype=rows.dtype)
-        self.weight, self.shape = weight, x.shape
-        y = xp.empty_like(rows)
-
-        def share(chunks):
-            for part in chunks:
-                self.x_hat[part], self.inv_std[part] = _standardize(xp, rows[part], self.eps)
-                xp.multiply(self.x_hat[part], weight, out=y[part])
-                y[part] += bias
-
-        threads.over_batch(xp, share, len(rows), rows[:1].nbytes)
-        return y.reshape(x.shape)
+        self.x_hat, self.inv_std = _standardize(xp, x, self.eps)
+        self.weight = weight
+        y = self.x_hat * weight
+        y += bias
+        return y
 
     def backward(self, gy):
         xp = get_array_module(gy)
         x_hat, inv_std = self.x_hat, self.inv_std
         d = x_hat.shape[-1]
-        gy = gy.reshape(-1, d)
         gx = gw = gb = None
         if self.needs_input_grad[0]:
-            gx = xp.empty_like(gy)
-
-            def share(chunks):
-                for part in chunks:
-                    g = xp.multiply(gy[part], self.weight, out=gx[part])
-                    mean_g = g.mean(axis=-1, keepdims=True)
-                    mean_gx = xp.einsum("...i,...i->...", g, x_hat[part])[..., None] / d
-                    g -= mean_g
-                    g -= x_hat[part] * mean_gx
-                    g *= inv_std[part]
-
-            threads.over_batch(xp, share, len(gy), gy[:1].nbytes)
-            gx = gx.reshape(self.shape)
+            g = gy * self.weight
+            mean_g = g.mean(axis=-1, keepdims=True)
+            mean_gx = xp.einsum("...i,...i->...", g, x_hat)[..., None] / d
+            g -= mean_g
+            g -= x_hat * mean_gx
+            g *= inv_std
+            gx = g
         if self.needs_input_grad[1]:
-            gw = xp.einsum("mi,mi->i", gy, x_hat)  # no (gy·x̂) temporary
+            gw = xp.einsum("mi,mi->i", gy.reshape(-1, d), x_hat.reshape(-1, d))  # no (gy·x̂) temporary
         if self.needs_input_grad[2]:
-            gb = gy.sum(axis=0)
+            gb = gy.reshape(-1, d).sum(axis=0)
         return gx, gw, gb
 
 
