@@ -271,9 +271,9 @@ def tinyclip_train_step(model, cfg: dict, device: str, row: str):
 
 def tinyclip_worker(spec: dict) -> dict:
     """Time ``spec["rows"]`` (one row, except with --quick) in tinyclip; the peak memory after each row."""
-    import numpy as np
+    import tinyclip  # first, as in the command-line tools: it sets OpenBLAS's thread timeout before NumPy loads
 
-    import tinyclip
+    import numpy as np
     import tinyclip.models  # noqa: F401  (the imports the step needs, before the RSS reading)
     import tinyclip.optim  # noqa: F401
     rss_after_import = peak_rss_bytes()
