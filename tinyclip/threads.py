@@ -8,10 +8,10 @@ images at a time) runs ≈ 2× faster on 2 cores as one share of the images per 
 calling BLAS single-threaded (benchmarks/README.md). As many threads as BLAS has, so a run told
 to use one thread (``OPENBLAS_NUM_THREADS=1``, one MPI rank per core) stays on one core.
 
-Used by the image tower's ops (conv2d, max_pool2d), which run back to back. Not by the text
-tower's: there short shared-out ops would alternate with two-thread BLAS products, whose idle
-OpenBLAS threads spin for a while after each product and compete with the pool (measured: the
-text tower step 310-400 ms without, 460-540 ms with attention and layer norm shared out).
+Used by the image tower's ops (conv2d, max_pool2d), whose calls run for milliseconds. Not by the
+text tower's: its calls are sub-millisecond, and the pool's threads would wait on each other for
+the GIL between them (measured: the text tower step 356-397 ms without, 433-520 ms with attention
+and layer norm shared out); its products keep OpenBLAS's own threads.
 """
 
 from __future__ import annotations
