@@ -12,7 +12,9 @@ projections and the reshapes between "E features" and "h heads of d".
 
 from __future__ import annotations
 
+from ..functional.arithmetic import linear
 from ..functional.attention import scaled_dot_product_attention
+from ..functional.shape import concatenate, split
 from . import init
 from .layers import Linear
 from .module import Module
@@ -52,9 +54,12 @@ class MultiHeadAttention(Module):
         def split_heads(t):  # (N, L, E) → (N, h, L, d)
             return t.reshape(n, length, h, d).transpose(0, 2, 1, 3)
 
-        q = split_heads(self.q_proj(x))
-        k = split_heads(self.k_proj(x))
-        v = split_heads(self.v_proj(x))
+        # q, k and v as one (E → 3E) product: a wider product runs faster, and its backward adds the
+        # three gradients of x inside one product (the weights stay three Linears: the state dict).
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = concatenate([p.weight for p in projections], axis=1)
+        bias = concatenate([p.bias for p in projections], axis=0)
+        q, k, v = (split_heads(t) for t in split(linear(x, weight, bias), 3, axis=-1))
         result = scaled_dot_product_attention(q, k, v, key_padding_mask=key_padding_mask, dropout_p=self.dropout,
                                               training=self.training, return_weights=need_weights)
         out, weights = result if need_weights else (result, None)
