@@ -19,7 +19,7 @@ RECIPES = {
         "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.05, "warmup_steps": 50, "loss": "concept",
         "concept_alpha": 0.5, "concept_source": "cuis+modality", "augment": 0.5, "text_augment": 0.5,
         "accum_steps": 1, "ssl_weight": 0.0, "select": "val_r10", "temperature": 0.0, "logit_scale_lr": 0.1,
-        "image_tower": "batchnorm",
+        "image_tower": "resnet",
     },
 }
 RECIPE_FLAGS = tuple(RECIPES["report"])
