@@ -86,3 +86,12 @@ def switch(text: str) -> bool:
     if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
         raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
     return text in ("1", "true", "yes", "on")
+
+
+def flag_value(value) -> str:
+    """A default as the command line writes it, for --help: ``16,32,64`` for a sequence, ``on``/``off`` for a switch."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)

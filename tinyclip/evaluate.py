@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .cli import nonnegative_int, one_line_warnings, positive_int
+from .cli import flag_value, nonnegative_int, one_line_warnings, positive_int
 from .data.pairs import check_ids, load_pairs
 from .io import atomic_write
 from .tasks import DESCRIPTIONS, TASKS, TaskSkipped, get_task
@@ -86,18 +86,10 @@ def option_fields() -> dict:
     return declared
 
 
-def _written(value) -> str:
-    """A default as the flag takes it: ``10,20,all``, ``on``/``off``."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
-
 
 def _option_help(fields) -> str:
     """``TASKS: HELP (default: D)``, D per task where the tasks' defaults differ."""
-    defaults = [(task, f.metadata["shown"] or _written(f.default)) for task, f in fields]
+    defaults = [(task, f.metadata["shown"] or flag_value(f.default)) for task, f in fields]
     shown = (defaults[0][1] if len({d for _, d in defaults}) == 1
              else "; ".join(f"{task} {d}" for task, d in defaults))
     return f"{', '.join(t for t, _ in fields)}: {fields[0][1].metadata['help']} (default: {shown})"

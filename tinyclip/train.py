@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, distributed, nn, optim
-from .cli import (OneLineParser, nonnegative_float, nonnegative_int, one_line_warnings, positive_float, positive_int,
-                  positive_int_list, probability)
+from .cli import (OneLineParser, flag_value, nonnegative_float, nonnegative_int, one_line_warnings, positive_float,
+                  positive_int, positive_int_list, probability)
 from .checkpoint import load_checkpoint, restoring, save_checkpoint
 from .data.pairs import SOURCES, check_ids, fold_split, load_pairs, run_split
 from .data.augment import augment_caption, augment_images
@@ -169,7 +169,7 @@ class _HelpFormatter(argparse.HelpFormatter):
             return f"{action.help} (default from --recipe: {_describe(action.dest)})"
         if action.default is None or action.default is argparse.SUPPRESS:
             return action.help
-        return f"{action.help} (default: {_as_flag_value(action.default)})"
+        return f"{action.help} (default: {flag_value(action.default)})"
 
 
 def _describe(flag: str) -> str:
@@ -178,15 +178,6 @@ def _describe(flag: str) -> str:
     if len(set(values.values())) == 1:
         return f"{next(iter(values.values()))} in both"
     return ", ".join(f"{name}={value}" for name, value in values.items())
-
-
-def _as_flag_value(value) -> str:
-    """A default as the command line would write it: ``16,32,64`` for a tuple, ``off`` for a switch."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value)) or "none"
-    return str(value)
 
 
 # ---------------------------------------------------------------------------
