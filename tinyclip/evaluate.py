@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, metavar="TASK",
                    help=f"one of {', '.join(TASKS)}, or all; several: comma-separated")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
-                   help="which checkpoint of the run (default: best, the lowest validation loss); init: the "
+                   help="which checkpoint of the run (default: best, the best epoch by the run's --select); init: the "
                         "untrained model of the run's configuration and seed, what training started from")
     p.add_argument("--out", metavar="DIR", help="where metrics.json and figures go (default: RUN_DIR/eval, "
                    "with --checkpoint init RUN_DIR/eval-init)")
