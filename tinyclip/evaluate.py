@@ -86,7 +86,6 @@ def option_fields() -> dict:
     return declared
 
 
-
 def _option_help(fields) -> str:
     """``TASKS: HELP (default: D)``, D per task where the tasks' defaults differ."""
     defaults = [(task, f.metadata["shown"] or flag_value(f.default)) for task, f in fields]
