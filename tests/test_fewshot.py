@@ -284,8 +284,29 @@ def test_compare_with_the_untrained_tower(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="untrained one"):
         ctx.model = untrained
         fewshot.run(ctx, options, log=lambda s: None)
-    with pytest.raises(ValueError, match="features=clip"):
+    with pytest.raises(ValueError, match="features=clip or tower"):
         fewshot.run(_context(tiny_run, tmp_path), replace(options, features="pixels"), log=lambda s: None)
+
+
+def test_tower_features_are_what_the_projection_sees(tiny_run, tmp_path):
+    """features=tower: the flattened last conv block (proj's input), for the run's and the untrained tower."""
+    ctx = _context(tiny_run, tmp_path)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    features = ctx.model.image_features(images, batch_size=2)
+    assert features.shape == (5, ctx.model.image_encoder.proj.in_features) == (5, 8 * 8 * 16)
+    projected = features @ ctx.model.image_encoder.proj.weight.data + ctx.model.image_encoder.proj.bias.data
+    unit = projected / np.linalg.norm(projected, axis=1, keepdims=True)
+    assert np.allclose(unit, ctx.model.embed_images(images), atol=1e-5)  # embedding = normalised proj(features)
+    assert ctx.model.image_features(images[:0]).shape == (0, 8 * 8 * 16)
+    options = replace(OPTIONS, features="tower", shots=(10,), seeds=2, head_steps=30, compare_init=True)
+    metrics = fewshot.run(ctx, options, log=lambda s: None)
+    assert metrics["feature_dim"] == 8 * 8 * 16 and "before its projection" in metrics["features"]
+    assert metrics["compare_init"]["mlp"]["10"]["draws"] == 2
+    clip = fewshot.run(ctx, replace(options, compare_init=False), log=lambda s: None)
+    assert clip["features_from_cache"]  # the tower features of this checkpoint, cached apart from the embeddings
+    assert len(list(tmp_path.glob("fewshot-features-*.npz"))) == 2
+    assert fewshot.run(ctx, replace(options, features="clip", compare_init=False),
+                       log=lambda s: None)["feature_dim"] == 32
 
 
 def test_run_with_pixel_features_beats_chance(tiny_run, tmp_path):

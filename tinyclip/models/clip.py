@@ -134,6 +134,11 @@ class CLIP(nn.Module):
         return nn.evaluate_in_batches(self, lambda s: self.encode_image(self.image_input(images[s])), len(images),
                                       batch_size, empty_shape=(0, self.config.embed_dim))
 
+    def image_features(self, images, batch_size: int = 128) -> np.ndarray:
+        """The image tower's features before the projection ``(N, F)`` (``ImageEncoder.features``), as NumPy."""
+        return nn.evaluate_in_batches(self, lambda s: self.image_encoder.features(self.image_input(images[s])),
+                                      len(images), batch_size, empty_shape=(0, self.image_encoder.proj.in_features))
+
     def embed_texts(self, captions, batch_size: int = 256) -> np.ndarray:
         """Unit caption embeddings ``(N, D)``; ``captions``: list of strings or ``(ids, padding_mask)``."""
         ids, mask = self.text_input(captions)

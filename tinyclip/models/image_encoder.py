@@ -86,10 +86,15 @@ class ImageEncoder(nn.Module):
         self.proj = nn.Linear(side * side * in_channels, config.embed_dim)
 
     def forward(self, images):
+        return self.proj(self.features(images))
+
+    def features(self, images):
+        """``(N, 3, S, S)`` → the flattened last conv block ``(N, side · side · C)``: what ``proj`` projects
+        (CLIP's linear probes read this layer, before the projection into the shared space)."""
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (self.image_size, self.image_size):
             raise ValueError(f"ImageEncoder expects images of shape (N, 3, {self.image_size}, {self.image_size}), "
                              f"got {tuple(images.shape)}")
         x = images.transpose(0, 2, 3, 1)  # NCHW → NHWC
         for block in self.blocks:
             x = block(x)
-        return self.proj(x.reshape(x.shape[0], -1))
+        return x.reshape(x.shape[0], -1)

@@ -1,7 +1,8 @@
 """Few-shot pneumonia detection: how many labelled chest X-rays does the frozen image tower need?
 
 The image tower of the trained CLIP is frozen and turns every chest X-ray into a
-feature vector (its unit image embedding), computed once and cached. On top, the
+feature vector (its unit image embedding, or with ``features=tower`` the tower's layer
+before the projection into the shared space), computed once and cached. On top, the
 report's classifier is trained with only n labelled training images:
 
     features (D) → Linear(D, 128) → ReLU → Linear(128, 64) → ReLU → Linear(64, 1) → sigmoid
@@ -110,6 +111,9 @@ def draw_seeds(seeds: int | tuple, base: int = 0) -> list:
     return [base + i for i in range(seeds)] if isinstance(seeds, int) else list(seeds)
 
 
+FEATURES = ("clip", "tower", "pixels")  # what the heads see: see extract_features
+
+
 @dataclass(frozen=True)
 class Options:
     """The few-shot task's options (``python -m tinyclip.evaluate --task fewshot --shots ...``)."""
@@ -121,8 +125,10 @@ class Options:
     seeds_large: int = option(DEFAULT_SEEDS_LARGE, positive_int, f"draws per n above {SMALL_N} and for all", "K")
     val_n: int | None = option(None, at_least_two, "images of the fixed validation part of the training folder", "N",
                                shown=f"{DEFAULT_VAL_N} or a fifth of the folder if fewer")
-    features: str = option("clip", choice("clip", "pixels"), "what the heads see: the frozen CLIP image embedding, "
-                           "or downsampled raw pixels (a baseline that needs no model)", "clip|pixels")
+    features: str = option("clip", choice(*FEATURES), "what the heads see: the frozen CLIP image embedding, "
+                           "the image tower's features before its projection (tower: the layer CLIP's linear "
+                           "probes read), or downsampled raw pixels (a baseline that needs no model)",
+                           "|".join(FEATURES))
     compare_init: bool = option(False, switch, "the same draws also on the untrained model of the run's "
                                 "configuration and seed, with paired differences and Wilcoxon p-values")
     head_hidden: tuple = option(DEFAULT_HIDDEN, positive_int_list, "hidden layer widths of the MLP head", "LIST")
@@ -153,14 +159,15 @@ def pixel_features(images: np.ndarray, side: int = 16) -> np.ndarray:
 def extract_features(model, source: dict, out_dir, kind: str = "clip", batch_size: int = 128, log=print):
     """``(arrays, from_cache)``: ``train_x, train_y, test_x, test_y`` for ``source``.
 
-    ``kind`` "clip": the model's unit image embeddings (frozen); "pixels": see
-    ``pixel_features``. Cached in ``out_dir`` under a key made of the checkpoint's
-    fingerprint and the data description, so reruns skip the encoder.
+    ``kind`` "clip": the model's unit image embeddings (frozen); "tower": the frozen
+    image tower's flattened last conv block, before the projection (``CLIP.image_features``);
+    "pixels": see ``pixel_features``. Cached in ``out_dir`` under a key made of the
+    checkpoint's fingerprint, the kind and the data description, so reruns skip the encoder.
     """
-    if kind not in ("clip", "pixels"):
-        raise ValueError(f"option features: expected 'clip' or 'pixels', got {kind!r}")
-    model_key = model_fingerprint(model) if kind == "clip" else "pixels"
-    key = cache_key("fewshot-features", 1, model_key, source["key"])
+    if kind not in FEATURES:
+        raise ValueError(f"option features: expected one of {', '.join(FEATURES)}, got {kind!r}")
+    model_key = "pixels" if kind == "pixels" else model_fingerprint(model)
+    key = cache_key("fewshot-features", 1, model_key, source["key"], *([kind] if kind == "tower" else []))
 
     def compute():
         t0 = time.perf_counter()
@@ -168,7 +175,9 @@ def extract_features(model, source: dict, out_dir, kind: str = "clip", batch_siz
         log(f"fewshot: {source['name']} chest X-rays loaded: {len(train_y)} train / {len(test_y)} test "
             f"({time.perf_counter() - t0:.1f}s); computing {kind} features ...")
         t0 = time.perf_counter()
-        embed = (lambda images: model.embed_images(images, batch_size=batch_size)) if kind == "clip" else pixel_features
+        embed = {"clip": lambda images: model.embed_images(images, batch_size=batch_size),
+                 "tower": lambda images: model.image_features(images, batch_size=batch_size),
+                 "pixels": pixel_features}[kind]
         arrays = {"train_x": embed(train_images), "train_y": train_y, "test_x": embed(test_images), "test_y": test_y}
         log(f"fewshot: features {arrays['train_x'].shape[1]}-d in {time.perf_counter() - t0:.1f}s")
         return arrays
@@ -424,8 +433,8 @@ def run(ctx: EvalContext, options: Options = Options(), log=print) -> dict:
     kind, compare = options.features, options.compare_init
     untrained = None
     if compare:
-        if kind != "clip":
-            raise ValueError("option compare_init compares image towers: it needs features=clip")
+        if kind == "pixels":
+            raise ValueError("option compare_init compares image towers: it needs features=clip or tower")
         from ..evaluate import initial_model
         untrained = initial_model(ctx.state)
         if model_fingerprint(untrained) == model_fingerprint(ctx.model):
@@ -453,7 +462,7 @@ def run(ctx: EvalContext, options: Options = Options(), log=print) -> dict:
     curve = curve_of(arrays)
     reference = comparison = None
     if compare:
-        init_arrays, _ = extract_features(untrained, source, out, "clip", ctx.batch_size, log=log)
+        init_arrays, _ = extract_features(untrained, source, out, kind, ctx.batch_size, log=log)
         reference = curve_of(init_arrays, tower="untrained ")
         comparison = paired_comparison(curve, reference)
     log("fewshot: mean ± std over the draws" + ("; Δ = this tower − the untrained one, p: Wilcoxon signed-rank"
@@ -465,8 +474,9 @@ def run(ctx: EvalContext, options: Options = Options(), log=print) -> dict:
     metrics = {
         "task": "fewshot",
         "data": source["name"],
-        "features": (f"frozen CLIP image embedding ({arrays['train_x'].shape[1]}-d, unit norm, standardised)"
-                     if kind == "clip" else f"raw pixels ({arrays['train_x'].shape[1]}-d, standardised)"),
+        "features": {"clip": "frozen CLIP image embedding ({}-d, unit norm, standardised)",
+                     "tower": "frozen image tower before its projection ({}-d, standardised)",
+                     "pixels": "raw pixels ({}-d, standardised)"}[kind].format(arrays["train_x"].shape[1]),
         "feature_dim": int(arrays["train_x"].shape[1]),
         "features_from_cache": bool(from_cache),
         "n_train_pool": int(len(pool_idx)),
