@@ -30,7 +30,7 @@ def one_line(code, err, *needles):
     (["--shots", "ten"], ["--shots", "ten"]),
     (["--option", "head_steps=abc"], ["head_steps", "positive integer"]),
     (["--option", "head_lr=-1"], ["head_lr"]),
-    (["--option", "features=colour"], ["features", "clip or pixels"]),
+    (["--option", "features=colour"], ["features", "clip or tower or pixels"]),
     (["--option", "no_such_thing=1"], ["no_such_thing", "unknown", "head_steps"]),
     (["--option", "compare_init=maybe"], ["compare_init", "0 or 1"]),
     (["--option", "seeds_large=0"], ["seeds_large", "positive integer"]),
@@ -38,7 +38,7 @@ def one_line(code, err, *needles):
     (["--head-steps", "abc"], ["--head-steps", "positive integer"]),
     (["--head-lr", "-1"], ["--head-lr"]),
     (["--head-hidden", "32,0"], ["--head-hidden"]),
-    (["--features", "colour"], ["--features", "clip or pixels"]),
+    (["--features", "colour"], ["--features", "clip or tower or pixels"]),
     (["--seeds-large", "0"], ["--seeds-large", "positive integer"]),
     (["--val-n", "1"], ["--val-n", "integer >= 2"]),
     (["--compare-init", "1"], ["unrecognized arguments: 1"]),  # a switch: no value
