@@ -111,7 +111,10 @@ def draw_seeds(seeds: int | tuple, base: int = 0) -> list:
     return [base + i for i in range(seeds)] if isinstance(seeds, int) else list(seeds)
 
 
-FEATURES = ("clip", "tower", "pixels")  # what the heads see: see extract_features
+# what the heads see (see extract_features) → how metrics.json describes it
+FEATURES = {"clip": "frozen CLIP image embedding ({}-d, unit norm, standardised)",
+            "tower": "frozen image tower before its projection ({}-d, standardised)",
+            "pixels": "raw pixels ({}-d, standardised)"}
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ def extract_features(model, source: dict, out_dir, kind: str = "clip", batch_siz
     if kind not in FEATURES:
         raise ValueError(f"option features: expected one of {', '.join(FEATURES)}, got {kind!r}")
     model_key = "pixels" if kind == "pixels" else model_fingerprint(model)
+    # "tower" adds itself to the key; "clip" keeps the key it had before there was a choice, so old caches stay valid
     key = cache_key("fewshot-features", 1, model_key, source["key"], *([kind] if kind == "tower" else []))
 
     def compute():
@@ -474,9 +478,7 @@ def run(ctx: EvalContext, options: Options = Options(), log=print) -> dict:
     metrics = {
         "task": "fewshot",
         "data": source["name"],
-        "features": {"clip": "frozen CLIP image embedding ({}-d, unit norm, standardised)",
-                     "tower": "frozen image tower before its projection ({}-d, standardised)",
-                     "pixels": "raw pixels ({}-d, standardised)"}[kind].format(arrays["train_x"].shape[1]),
+        "features": FEATURES[kind].format(arrays["train_x"].shape[1]),
         "feature_dim": int(arrays["train_x"].shape[1]),
         "features_from_cache": bool(from_cache),
         "n_train_pool": int(len(pool_idx)),
