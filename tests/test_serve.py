@@ -54,7 +54,10 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tinyclip.serve", "--run", str(run_dir), "--port", "0", "--no-progress",
              "--device", "cpu", "--max-upload-mb", str(MAX_UPLOAD_MB), *flags],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=ROOT,
+            # a suite started in the background (`pytest &`, nohup) ignores SIGINT, and a child
+            # Python that inherits SIG_IGN never turns Ctrl-C into KeyboardInterrupt: restore it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines, self.url = [], None
         for line in self.process.stdout:  # until the URL line (or the end, if it failed to start)
             self.lines.append(line)
