@@ -262,3 +262,16 @@ def test_scatter_add_repeated_indices(xp):
     target = xp.zeros(4)
     backend.scatter_add(target, xp.asarray([0, 2, 2, 2]), xp.asarray([1.0, 1.0, 2.0, 3.0]))
     np.testing.assert_array_equal(backend.to_numpy(target), [1.0, 0.0, 6.0, 0.0])
+
+
+# ---------------------------------------------------------------------------
+# the CPU allocator
+# ---------------------------------------------------------------------------
+
+def test_keep_freed_memory_applies_on_glibc_unless_the_user_tuned_malloc(monkeypatch):
+    import platform
+    for name in backend._MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert backend.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")  # glibc accepted both values
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert backend.keep_freed_memory() is False  # the user's own setting wins

@@ -9,6 +9,8 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 from . import backend, functional, nn, optim
+
+backend.keep_freed_memory()  # glibc: reuse freed arrays instead of page-faulting on fresh ones (see there)
 from .backend import (get_array_module, manual_seed, set_default_device, set_default_dtype, to_device,
                       to_numpy)
 from .gradcheck import GradcheckError, gradcheck

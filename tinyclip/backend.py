@@ -165,3 +165,26 @@ def scatter_add(target, index, values) -> None:
     else:
         import cupyx
         cupyx.scatter_add(target, index, values)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse: blocks up to 32 MiB from its heap, no trimming.
+
+    A training step frees and reallocates the same arrays every time. By default glibc maps large
+    blocks afresh (mmap) and hands freed memory straight back to the OS, so each step page-faults on
+    every 4 KiB it touches again (reference step, 2 alternating pairs: 868–880 → 774–818 ms; peak RSS
+    unchanged). Both settings are needed: either alone measured no gain. Returns whether it applied:
+    not outside glibc, and not when the user set any ``MALLOC_*`` tuning variable (theirs wins).
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc" or any(name in os.environ for name in _MALLOC_ENV):
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
