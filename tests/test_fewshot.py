@@ -220,7 +220,13 @@ def test_pixel_features():
 # the task end to end
 # ---------------------------------------------------------------------------
 
-OPTIONS = fewshot.Options(shots=(10, 40, "all"), seeds=2, synthetic_n=120, head_steps=60, head_hidden=(32, 16))
+# The tests below read the 32-d embedding (features=clip) for speed; the default is the tower layer.
+OPTIONS = fewshot.Options(shots=(10, 40, "all"), seeds=2, synthetic_n=120, head_steps=60, head_hidden=(32, 16),
+                          features="clip")
+
+
+def test_default_features_are_the_tower_layer():
+    assert fewshot.Options().features == "tower"
 
 
 def test_run_end_to_end_and_cache(tiny_run, tmp_path, monkeypatch):
