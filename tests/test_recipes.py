@@ -129,13 +129,60 @@ def test_image_pretraining_runs_once_and_refuses_test_images(tmp_path, capsys):
     assert train.main(TINY + ["--epochs", "1", "--pretrain-epochs", "2", "--pretrain-images", str(folder),
                               "--out", str(out)]) == 0
     log = capsys.readouterr().out
-    assert "pretraining images: 12" in log and "pretrain epoch 2" in log
+    assert "pretraining images: 12" in log and "pretrain images epoch 2" in log
     assert [r["epoch"] for r in load_checkpoint(out, "last")["pretrain_history"]] == [1, 2]
     assert train.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
-    assert "pretrain epoch" not in capsys.readouterr().out  # resuming never repeats the phase
+    assert "pretrain images" not in capsys.readouterr().out  # resuming never repeats the phase
 
     kermany_test = tmp_path / "chest_xray" / "test"
     (kermany_test / "NORMAL").mkdir(parents=True)
     assert train.main(TINY + ["--pretrain-epochs", "1", "--pretrain-images", str(kermany_test),
                               "--out", str(tmp_path / "k")]) == 2
     assert "Kermany test folder" in capsys.readouterr().err
+
+
+def _caption_folder(folder, ids):
+    folder.mkdir()
+    (folder / "captions.txt").write_text("".join(f"{i}\t Axial zyzzyva scan {k}. Second sentence here.\n"
+                                                 for k, i in enumerate(ids)))
+    (folder / "cuis.txt").write_text("".join(f"{i}\t\tC00{k % 3}\n" for k, i in enumerate(ids)))
+    return folder
+
+
+def test_caption_pretraining_runs_once_and_refuses_held_out_pairs(tmp_path, capsys):
+    folder = _caption_folder(tmp_path / "captions", [f"ROCO_{i:05d}" for i in range(20)])
+    out = tmp_path / "r"
+    assert train.main(TINY + ["--epochs", "1", "--loss", "concept", "--pretrain-text-epochs", "2",
+                              "--pretrain-captions", str(folder), "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "pretraining captions: 20" in log and "pretrain captions epoch 2" in log
+    state = load_checkpoint(out, "last")
+    assert [(r["phase"], r["epoch"]) for r in state["pretrain_history"]] == [("captions", 1), ("captions", 2)]
+    assert "zyzzyva" in state["tokenizer"]["vocab"]  # the phase's captions enter the vocabulary
+    assert train.main(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert "pretrain captions" not in capsys.readouterr().out  # resuming never repeats the phase
+
+    # a folder sharing a pair with the run's validation or test part is refused; so is a folder without epochs
+    held = _caption_folder(tmp_path / "held", [state["ids"][state["split"]["test"][0]]])
+    assert train.main(TINY + ["--pretrain-text-epochs", "1", "--pretrain-captions", str(held),
+                              "--out", str(tmp_path / "h")]) == 2
+    assert "never trained on" in capsys.readouterr().err
+    assert train.main(TINY + ["--pretrain-captions", str(folder), "--out", str(tmp_path / "n")]) == 2
+    assert "--pretrain-text-epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss", ["clip", "concept"])
+def test_caption_pretraining_moves_the_text_tower_only(loss):
+    args = train.build_parser().parse_args(TINY + ["--loss", loss, "--pretrain-text-epochs", "2"])
+    apply_recipe(args)
+    config = CLIPConfig(image_size=16, conv_channels=(4,), vocab_size=20, max_len=8, width=16, text_layers=1,
+                        heads=2, ff_dim=16, embed_dim=8)
+    from tinyclip.text import Tokenizer
+    captions = [f"ct scan {w}. mri of the {w}" for w in ("liver", "brain", "chest", "knee", "hand", "lung")]
+    model = CLIP.initial(config, Tokenizer.fit(captions), seed=0)
+    before = {name: p.data.copy() for name, p in model.named_parameters()}
+    concepts = [["C1"], ["C2"], ["C1"], [], ["C2", "C1"], ["C3"]] if loss == "concept" else None
+    rows = train.pretrain_texts(args, model, captions, concepts, log=lambda s: None)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
+    moved = {name for name, p in model.named_parameters() if not np.array_equal(p.data, before[name])}
+    assert moved and all(name.startswith("text_encoder.") for name in moved), moved

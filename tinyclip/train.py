@@ -52,7 +52,8 @@ from .text import Tokenizer
 # The files of a run directory (removed before a new run starts in it, so nothing of an old run mixes in).
 RUN_FILES = ("last.npz", "best.npz", "last.json", "best.json", "metrics.csv")
 RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "grad_clip", "max_vocab", "min_freq",
-             "patience", "split_seed", "folds", "fold", "recipe", "pretrain_epochs", "pretrain_images") + RECIPE_FLAGS
+             "patience", "split_seed", "folds", "fold", "recipe", "pretrain_epochs", "pretrain_images", "pretrain_text_epochs",
+             "pretrain_captions") + RECIPE_FLAGS
 # Flags that may differ from the saved run when resuming; every other flag given with --resume must match it.
 MAY_CHANGE_ON_RESUME = ("epochs", "data_dir", "device", "no_progress", "cache_dir", "resume", "out", "distributed")
 # The model flags, saved in the checkpoint's config rather than its args.
@@ -136,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrain-images", nargs="+", default=[], metavar="DIR",
                    help="folders of unlabelled images (searched recursively), e.g. "
                         "chest_xray/train; never a Kermany test folder or the run's own data folder")
+    t = p.add_argument_group("caption pretraining", "a caption-only contrastive phase of the text tower before the "
+                             "contrastive epochs: two augmented views of each caption of the run's training pairs and "
+                             "of any --pretrain-captions folders (with --loss concept, soft targets from their CUIs); "
+                             "those captions also enter the vocabulary")
+    t.add_argument("--pretrain-text-epochs", type=nonnegative_int, default=0, help="epochs of the phase (0: none)")
+    t.add_argument("--pretrain-captions", nargs="+", default=[], metavar="DIR",
+                   help="ROCO split folders read for their captions.txt and cuis.txt only (images are not needed), "
+                        "e.g. roco/data/validation/radiology; never one holding the run's validation or test pairs")
     m = p.add_argument_group("model")
     defaults = CLIPConfig()
     m.add_argument("--image-tower", choices=IMAGE_TOWERS,
@@ -384,41 +393,92 @@ def _pretraining_pool(args, train_images, log):
     return np.concatenate(parts)
 
 
-def pretrain_images(args, model, objective, pool, log) -> list[dict]:
-    """SimCLR on two augmented views of every image of ``pool``: trains the image tower and the objective's head.
+def _pretraining_captions(args, frame, split, log):
+    """Captions and concept sets (None unless --loss concept) for the caption-only phase: the run's training
+    pairs' and every --pretrain-captions folder's; a folder sharing a pair with the run's validation or test
+    part is refused."""
+    import pandas as pd
+    from .data.roco import load_roco
+    parts = [frame.iloc[split["train"]]]
+    held_out = set(frame["id"].iloc[np.concatenate([split["val"], split["test"]])])
+    for folder in args.pretrain_captions:
+        extra = load_roco(folder, images=False)
+        shared = held_out.intersection(extra["id"])
+        if shared:
+            raise ValueError(f"--pretrain-captions {folder} holds {len(shared)} of the run's validation and test "
+                             f"pairs (e.g. {min(shared)}): they are never trained on")
+        if extra.empty:
+            raise ValueError(f"--pretrain-captions {folder} holds no captions")
+        log(f"pretraining captions: {len(extra)} from {folder}")
+        parts.append(extra[["id", "caption", "cuis"]])
+    texts = pd.concat(parts, ignore_index=True)
+    concepts = (concept_sets(texts, with_modality=args.concept_source == "cuis+modality")
+                if args.loss == "concept" else None)
+    return [str(c) for c in texts["caption"]], concepts
 
-    Its own optimizer (the run's kind, rate and weight decay, warmup + cosine over the phase); returns one row
-    per epoch.
-    """
+
+def pretrain_images(args, model, objective, pool, log) -> list[dict]:
+    """SimCLR on two augmented views of every image of ``pool``: trains the image tower and the objective's head."""
     if objective.ssl_head is None:  # no --ssl-weight term later: the phase gets a head of its own
         objective.ssl_head = objective.make_ssl_head()
-    params = [*model.image_encoder.parameters(), *objective.ssl_head.parameters()]
-    opt = make_optimizer(args, optim.weight_decay_groups(params))
-    rng = np.random.default_rng([args.seed, 2])
-    steps = math.ceil(len(pool) / args.batch_size) * args.pretrain_epochs
-    rows, step = [], 0
     model.train()
-    for epoch in range(1, args.pretrain_epochs + 1):
+    return _pretrain_phase(args, "images", [*model.image_encoder.parameters(), *objective.ssl_head.parameters()],
+                           len(pool), args.pretrain_epochs, lambda batch: objective.simclr_term(pool[batch], 1.0),
+                           np.random.default_rng([args.seed, 2]), log)
+
+
+def pretrain_texts(args, model, captions, concepts, log) -> list[dict]:
+    """Caption-only contrastive learning: two augmented views of each caption (a random sentence, word dropout)
+    through the text tower and a head of its own, matched by the CLIP loss at τ = 0.1 (with ``concepts``, the
+    concept-aware soft targets of the run's --concept-alpha). Trains the text tower; the head is dropped after."""
+    xp, dtype, d = model.logit_scale.xp, model.logit_scale.dtype, model.config.embed_dim
+    head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+    scale = Tensor(xp.asarray([math.log(1.0 / SSL_TEMPERATURE)], dtype=dtype))  # fixed: not a parameter here
+    rng = np.random.default_rng([args.seed, 3])
+
+    def batch_loss(index):
+        views = [model.text_input([augment_caption(captions[i], rng, 1.0) for i in index]) for _ in range(2)]
+        z1, z2 = (l2_normalize(head(model.text_encoder(xp.asarray(ids), xp.asarray(mask)))) for ids, mask in views)
+        if concepts is None:
+            loss = clip_loss(z1, z2, scale)
+        else:
+            targets = concept_targets([concepts[i] for i in index], args.concept_alpha, xp=xp, dtype=dtype)
+            loss = soft_clip_loss(z1, z2, scale, targets)
+        loss.backward()
+        return float(loss.item())
+
+    model.train()
+    return _pretrain_phase(args, "captions", [*model.text_encoder.parameters(), *head.parameters()], len(captions),
+                           args.pretrain_text_epochs, batch_loss, rng, log)
+
+
+def _pretrain_phase(args, name: str, params, n: int, epochs: int, batch_loss, rng, log) -> list[dict]:
+    """``epochs`` epochs over ``n`` items in shuffled batches of --batch-size; ``batch_loss(index)`` backpropagates
+    one batch and returns its loss. Its own optimizer (the run's kind, rate and weight decay on matrices, warm-up
+    + cosine over the phase); returns one row per epoch."""
+    opt = make_optimizer(args, optim.weight_decay_groups(params))
+    per_epoch = math.ceil(n / args.batch_size)
+    steps = per_epoch * epochs
+    rows, step = [], 0
+    for epoch in range(1, epochs + 1):
         t0, losses = time.perf_counter(), []
-        batches = iterate_batches(len(pool), args.batch_size, rng=rng, shuffle=True)
-        for batch in _progress(batches, math.ceil(len(pool) / args.batch_size), f"pretrain {epoch}",
-                               disable=args.no_progress):
+        batches = iterate_batches(n, args.batch_size, rng=rng, shuffle=True)
+        for batch in _progress(batches, per_epoch, f"pretrain {name} {epoch}", disable=args.no_progress):
             if len(batch) < 2:
-                continue  # a SimCLR batch of one image has no negatives
+                continue  # a contrastive batch of one has no negatives
             opt.lr = optim.warmup_cosine(step, args.lr, min(max(args.warmup_steps, 1), steps), steps)
             opt.zero_grad()
-            loss = objective.simclr_term(pool[batch], weight=1.0)
+            loss = batch_loss(batch)
             if not math.isfinite(loss):
-                raise Diverged(f"the image pretraining loss became {loss} in its epoch {epoch}: try a lower --lr")
+                raise Diverged(f"the {name} pretraining loss became {loss} in its epoch {epoch}: try a lower --lr")
             if args.grad_clip > 0:
                 optim.clip_grad_norm(params, args.grad_clip)
             opt.step()
             step += 1
             losses.append(loss)
-        rows.append({"epoch": epoch, "simclr_loss": float(np.mean(losses)),
+        rows.append({"phase": name, "epoch": epoch, "loss": float(np.mean(losses)),
                      "seconds": round(time.perf_counter() - t0, 2)})
-        log(f"pretrain epoch {epoch}: SimCLR {rows[-1]['simclr_loss']:.4f} over {len(pool)} images  "
-            f"{rows[-1]['seconds']:.1f}s")
+        log(f"pretrain {name} epoch {epoch}: loss {rows[-1]['loss']:.4f} over {n} {name}  {rows[-1]['seconds']:.1f}s")
     return rows
 
 
@@ -549,7 +609,8 @@ def _check_distributed(args, comm, n_train: int) -> None:
     unsupported = [flag for flag, on in (("--loss concept", args.loss == "concept"),
                                          ("--accum-steps > 1", args.accum_steps > 1),
                                          ("--ssl-weight > 0", args.ssl_weight > 0),
-                                         ("--pretrain-epochs > 0", args.pretrain_epochs > 0)) if on]
+                                         ("--pretrain-epochs > 0", args.pretrain_epochs > 0),
+                                         ("--pretrain-text-epochs > 0", args.pretrain_text_epochs > 0)) if on]
     if unsupported:
         raise ValueError(f"--distributed does not support {', '.join(unsupported)} yet")
     if args.batch_size < comm.size:
@@ -577,6 +638,10 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
     train_idx, val_idx = split["train"], split["val"]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(f"{len(frame)} pairs are too few for a train/validation split")
+    if args.pretrain_captions and not args.pretrain_text_epochs:
+        raise ValueError("--pretrain-captions needs --pretrain-text-epochs (the epochs of the caption phase)")
+    texts = (_pretraining_captions(args, frame, split, log) if args.pretrain_text_epochs and not resumed
+             else None)
     if comm.size > 1:
         _check_distributed(args, comm, len(train_idx))
 
@@ -585,7 +650,9 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
             config = CLIPConfig.from_dict(resumed["config"])
             tokenizer = Tokenizer.from_dict(resumed["tokenizer"])
     else:
-        tokenizer = Tokenizer.fit(frame["caption"].iloc[train_idx], max_vocab=args.max_vocab, min_freq=args.min_freq)
+        # The vocabulary of every caption trained on: the training pairs' and the caption phase's.
+        vocabulary_captions = texts[0] if texts else frame["caption"].iloc[train_idx]
+        tokenizer = Tokenizer.fit(vocabulary_captions, max_vocab=args.max_vocab, min_freq=args.min_freq)
         config = CLIPConfig(image_tower=args.image_tower, image_size=args.image_size,
                             conv_channels=args.conv_channels,
                             vocab_size=tokenizer.vocab_size, max_len=args.max_len, width=args.width,
@@ -636,11 +703,15 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
         f"{comm.size} rank{'s' if comm.size > 1 else ''}; out {out}")
     log(f"chance level of the validation loss: {chance_loss(len(val_idx), args.batch_size):.4f} "
         f"(ln of the batch size, averaged over the validation batches); of R@10: {min(10 / len(val_idx), 1):.4f}")
-    if not resumed and args.pretrain_epochs:
-        pool = _pretraining_pool(args, images[train_idx], log)
-        pretrain_history = pretrain_images(args, model, objective, pool, log)
+    if resumed:
+        pretrain_history = list(resumed.get("pretrain_history", []))
     else:
-        pretrain_history = list(resumed.get("pretrain_history", [])) if resumed else []
+        pretrain_history = []
+        if args.pretrain_epochs:
+            pool = _pretraining_pool(args, images[train_idx], log)
+            pretrain_history += pretrain_images(args, model, objective, pool, log)
+        if texts:
+            pretrain_history += pretrain_texts(args, model, *texts, log)
 
     def checkpoint_state(epoch):
         state = {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": model.state_dict(),
