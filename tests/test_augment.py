@@ -41,6 +41,7 @@ def test_no_flip_small_strength_stays_close():
 
 def test_caption_augmentation():
     from tinyclip.data.augment import augment_caption
+    from tinyclip.text import Tokenizer
 
     caption = "Chest X-ray. Right lower lobe consolidation. No effusion."
     assert augment_caption(caption, np.random.default_rng(0), strength=0.0) == caption
@@ -48,3 +49,7 @@ def test_caption_augmentation():
     assert picked in {"Chest X-ray.", "Right lower lobe consolidation.", "No effusion."}
     assert augment_caption(caption, np.random.default_rng(5)) == augment_caption(caption, np.random.default_rng(5))
     assert augment_caption("one", np.random.default_rng(0), dropout=1.0) == "one"
+    # a punctuation-only sentence or word is never all that remains: the tokenizer must read a word
+    for seed in range(50):
+        assert Tokenizer.tokenize(augment_caption("Axial CT of the liver. –", np.random.default_rng(seed)))
+        assert Tokenizer.tokenize(augment_caption("– lesion", np.random.default_rng(seed), dropout=1.0))

@@ -15,6 +15,8 @@ import re
 import numpy as np
 from PIL import Image
 
+from ..text import Tokenizer
+
 
 KINDS = ("crop", "rotation", "shift", "brightness", "contrast", "noise")
 
@@ -61,11 +63,14 @@ def augment_images(images: np.ndarray, rng: np.random.Generator, strength: float
 def augment_caption(caption: str, rng: np.random.Generator, strength: float = 1.0, dropout: float = 0.1) -> str:
     """One random sentence of a multi-sentence ``caption``, then each word dropped with p = dropout · strength.
 
-    Strength 0 returns the caption unchanged; at least one word always remains.
+    Strength 0 returns the caption unchanged; at least one word the tokenizer reads always remains
+    (a sentence or word of punctuation only, such as "–", is never all that is left).
     """
     if strength == 0.0:
         return caption
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", caption.strip()) if s.strip()]
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", caption.strip()) if Tokenizer.tokenize(s)]
     words = (sentences[rng.integers(len(sentences))] if sentences else caption).split()
     kept = [word for word in words if rng.random() >= dropout * strength]
-    return " ".join(kept or words[:1])
+    if not any(Tokenizer.tokenize(word) for word in kept):
+        kept = [word for word in words if Tokenizer.tokenize(word)][:1] or words[:1]
+    return " ".join(kept)
