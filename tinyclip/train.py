@@ -52,8 +52,8 @@ from .text import Tokenizer
 # The files of a run directory (removed before a new run starts in it, so nothing of an old run mixes in).
 RUN_FILES = ("last.npz", "best.npz", "last.json", "best.json", "metrics.csv")
 RESUMABLE = ("data", "data_dir", "num_samples", "seed", "batch_size", "grad_clip", "max_vocab", "min_freq",
-             "patience", "split_seed", "folds", "fold", "recipe", "pretrain_epochs", "pretrain_images", "pretrain_text_epochs",
-             "pretrain_captions") + RECIPE_FLAGS
+             "patience", "split_seed", "folds", "fold", "recipe", "pretrain_epochs", "pretrain_images",
+             "pretrain_text_epochs", "pretrain_captions") + RECIPE_FLAGS
 # Flags that may differ from the saved run when resuming; every other flag given with --resume must match it.
 MAY_CHANGE_ON_RESUME = ("epochs", "data_dir", "device", "no_progress", "cache_dir", "resume", "out", "distributed")
 # The model flags, saved in the checkpoint's config rather than its args.
@@ -230,7 +230,7 @@ class Objective:
 
     def __init__(self, args, model, tokenizer, frame, images, ids, mask):
         self.args, self.model, self.tokenizer = args, model, tokenizer
-        self.ssl_head = self.make_ssl_head() if args.ssl_weight > 0 else None
+        self.ssl_head = projection_head(model.config.embed_dim) if args.ssl_weight > 0 else None
         self.images, self.ids, self.mask = images, ids, mask
         self.captions = [str(c) for c in frame["caption"]]
         self.concepts = (concept_sets(frame, with_modality=args.concept_source == "cuis+modality")
@@ -252,11 +252,9 @@ class Objective:
 
     def loss_fn(self, index):
         """The contrastive loss of embeddings of the pairs at ``index`` (hard or concept targets)."""
-        if self.concepts is None:
-            return clip_loss
-        xp, dtype = self.model.logit_scale.xp, self.model.logit_scale.dtype
-        targets = concept_targets([self.concepts[i] for i in index], self.args.concept_alpha, xp=xp, dtype=dtype)
-        return lambda image_emb, text_emb, scale: soft_clip_loss(image_emb, text_emb, scale, targets)
+        concepts = None if self.concepts is None else [self.concepts[i] for i in index]
+        return contrastive_loss_fn(concepts, self.args.concept_alpha, self.model.logit_scale.xp,
+                                   self.model.logit_scale.dtype)
 
     def backward(self, index) -> tuple[float, float]:
         """Backpropagate the objective of the pairs at ``index``; returns (objective, its contrastive part)."""
@@ -289,11 +287,6 @@ class Objective:
         (value,) = distributed.average_gradients(params, comm, loss.item())
         return value
 
-    def make_ssl_head(self):
-        """The SimCLR projection head: Linear → ReLU → Linear on the image tower's features."""
-        d = self.model.config.embed_dim
-        return nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
-
     def simclr_term(self, raw, weight: float, first_view=None) -> float:
         """Backpropagate ``weight`` · SimCLR of two augmented views of uint8 ``raw``; returns its value."""
         model, head = self.model, self.ssl_head
@@ -306,7 +299,21 @@ class Objective:
         return float(loss.item())
 
 
-SSL_TEMPERATURE = 0.1  # SimCLR's τ for the image-only term (SLIP uses 0.1)
+SSL_TEMPERATURE = 0.1  # SimCLR's τ for the self-supervised terms and phases (SLIP uses 0.1)
+
+
+def projection_head(d: int):
+    """The projection head of a self-supervised term (SimCLR's): Linear → ReLU → Linear on a tower's output."""
+    return nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+
+
+def contrastive_loss_fn(concepts, alpha: float, xp, dtype):
+    """The CLIP loss of a batch: hard targets when ``concepts`` (the batch's concept sets) is None, else the
+    concept-aware soft targets of weight ``alpha`` on the own pair."""
+    if concepts is None:
+        return clip_loss
+    targets = concept_targets(concepts, alpha, xp=xp, dtype=dtype)
+    return lambda a, b, scale: soft_clip_loss(a, b, scale, targets)
 
 
 def chance_loss(n: int, batch_size: int) -> float:
@@ -420,7 +427,7 @@ def _pretraining_captions(args, frame, split, log):
 def pretrain_images(args, model, objective, pool, log) -> list[dict]:
     """SimCLR on two augmented views of every image of ``pool``: trains the image tower and the objective's head."""
     if objective.ssl_head is None:  # no --ssl-weight term later: the phase gets a head of its own
-        objective.ssl_head = objective.make_ssl_head()
+        objective.ssl_head = projection_head(model.config.embed_dim)
     model.train()
     return _pretrain_phase(args, "images", [*model.image_encoder.parameters(), *objective.ssl_head.parameters()],
                            len(pool), args.pretrain_epochs, lambda batch: objective.simclr_term(pool[batch], 1.0),
@@ -432,18 +439,15 @@ def pretrain_texts(args, model, captions, concepts, log) -> list[dict]:
     through the text tower and a head of its own, matched by the CLIP loss at τ = 0.1 (with ``concepts``, the
     concept-aware soft targets of the run's --concept-alpha). Trains the text tower; the head is dropped after."""
     xp, dtype, d = model.logit_scale.xp, model.logit_scale.dtype, model.config.embed_dim
-    head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+    head = projection_head(d)
     scale = Tensor(xp.asarray([math.log(1.0 / SSL_TEMPERATURE)], dtype=dtype))  # fixed: not a parameter here
     rng = np.random.default_rng([args.seed, 3])
 
     def batch_loss(index):
         views = [model.text_input([augment_caption(captions[i], rng, 1.0) for i in index]) for _ in range(2)]
         z1, z2 = (l2_normalize(head(model.text_encoder(xp.asarray(ids), xp.asarray(mask)))) for ids, mask in views)
-        if concepts is None:
-            loss = clip_loss(z1, z2, scale)
-        else:
-            targets = concept_targets([concepts[i] for i in index], args.concept_alpha, xp=xp, dtype=dtype)
-            loss = soft_clip_loss(z1, z2, scale, targets)
+        batch_concepts = None if concepts is None else [concepts[i] for i in index]
+        loss = contrastive_loss_fn(batch_concepts, args.concept_alpha, xp, dtype)(z1, z2, scale)
         loss.backward()
         return float(loss.item())
 
@@ -651,7 +655,7 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
             tokenizer = Tokenizer.from_dict(resumed["tokenizer"])
     else:
         # The vocabulary of every caption trained on: the training pairs' and the caption phase's.
-        vocabulary_captions = texts[0] if texts else frame["caption"].iloc[train_idx]
+        vocabulary_captions = texts[0] if texts is not None else frame["caption"].iloc[train_idx]
         tokenizer = Tokenizer.fit(vocabulary_captions, max_vocab=args.max_vocab, min_freq=args.min_freq)
         config = CLIPConfig(image_tower=args.image_tower, image_size=args.image_size,
                             conv_channels=args.conv_channels,
@@ -710,7 +714,7 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
         if args.pretrain_epochs:
             pool = _pretraining_pool(args, images[train_idx], log)
             pretrain_history += pretrain_images(args, model, objective, pool, log)
-        if texts:
+        if texts is not None:
             pretrain_history += pretrain_texts(args, model, *texts, log)
 
     def checkpoint_state(epoch):
