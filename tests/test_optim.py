@@ -256,3 +256,23 @@ def test_warmup_cosine_is_pure_and_bounded(step, warmup, extra, lr, frac):
         assert optim.warmup_cosine(step + 1, *args) <= value + 1e-12  # non-increasing after warmup
     else:
         assert 0.0 <= value < lr
+
+
+def test_weight_average_is_the_bias_corrected_exponential_average():
+    module = nn.Module()
+    module.w, module.stat = nn.Parameter(np.zeros(3)), nn.Buffer(np.zeros(2))
+    average, d, visited = optim.WeightAverage(module, 0.8), 0.8, []
+    for t in range(5):
+        module.w.data[...], module.stat.data[...] = np.arange(3) * t + 1.0, t
+        visited.append((module.w.data.copy(), module.stat.data.copy()))
+        average.update()
+    weights = np.array([(1 - d) * d ** (4 - s) for s in range(5)]) / (1 - d ** 5)  # by definition
+    with average.swapped_in():
+        np.testing.assert_allclose(module.w.data, sum(c * w for c, (w, _) in zip(weights, visited)))
+        np.testing.assert_allclose(module.stat.data, sum(c * b for c, (_, b) in zip(weights, visited)))
+    np.testing.assert_array_equal(module.w.data, visited[-1][0])  # its own weights back
+    again = optim.WeightAverage(module, 0.8)
+    again.load_state_dict(average.state_dict(), average.updates)
+    assert again.updates == 5 and all(np.array_equal(a, b) for a, b in zip(again.averages, average.averages))
+    with pytest.raises(ValueError, match="decay"):
+        optim.WeightAverage(module, 1.0)

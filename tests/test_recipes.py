@@ -19,7 +19,7 @@ from test_train import TINY, assert_resume_is_exact
 
 ALL_ON = ["--loss", "concept", "--concept-alpha", "0.5", "--augment", "0.5", "--text-augment", "0.5",
           "--ssl-weight", "0.5", "--accum-steps", "2", "--select", "val_r10", "--optimizer", "adamw",
-          "--weight-decay", "0.1", "--warmup-steps", "3", "--logit-scale-lr", "0.1"]
+          "--weight-decay", "0.1", "--warmup-steps", "3", "--logit-scale-lr", "0.1", "--ema", "0.9"]
 
 
 def rows(run_dir):
@@ -87,6 +87,19 @@ def test_fixed_temperature_stays_fixed(tmp_path):
 def test_every_option_on_resumes_exactly(tmp_path):
     last = assert_resume_is_exact(TINY + ALL_ON + ["--dropout", "0"], tmp_path)
     assert last["args"]["ssl_weight"] == 0.5 and "ssl_head" in last
+    assert last["args"]["ema"] == 0.9 and last["average_updates"] == last["step"] and "live_model" in last
+
+
+def test_weight_average_is_what_is_validated_and_saved(tmp_path, monkeypatch):
+    seen = []
+    validate = train.validate
+    monkeypatch.setattr(train, "validate", lambda model, *a: seen.append(model.state_dict()) or validate(model, *a))
+    out = tmp_path / "r"
+    assert train.main(TINY + ["--epochs", "2", "--ema", "0.9", "--out", str(out)]) == 0
+    last = load_checkpoint(out, "last")
+    for key, value in last["model"].items():
+        np.testing.assert_array_equal(seen[-1][key], value)
+    assert any(not np.array_equal(value, last["live_model"][key]) for key, value in last["model"].items())
 
 
 def test_resume_refuses_a_changed_recipe_flag(tmp_path, capsys):

@@ -13,13 +13,13 @@ RECIPES = {
         "optimizer": "adam", "lr": 5e-5, "weight_decay": 0.0, "warmup_steps": 0, "loss": "clip",
         "concept_alpha": 0.5, "concept_source": "cuis+modality", "augment": 0.0, "text_augment": 0.0,
         "accum_steps": 1, "ssl_weight": 0.0, "select": "val_loss", "temperature": 0.0, "logit_scale_lr": 1.0,
-        "image_tower": "report",
+        "ema": 0.0, "image_tower": "report",
     },
     "small-data": {
         "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.05, "warmup_steps": 50, "loss": "concept",
         "concept_alpha": 0.5, "concept_source": "cuis+modality", "augment": 0.5, "text_augment": 0.5,
         "accum_steps": 1, "ssl_weight": 0.0, "select": "val_r10", "temperature": 0.0, "logit_scale_lr": 0.1,
-        "image_tower": "resnet",
+        "ema": 0.0, "image_tower": "resnet",
     },
 }
 RECIPE_FLAGS = tuple(RECIPES["report"])

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--temperature", type=nonnegative_float, help="a fixed softmax temperature (e.g. 0.07); 0: learned")
     r.add_argument("--logit-scale-lr", type=nonnegative_float, help="the logit scale's learning rate, as a factor "
                    "of --lr")
+    r.add_argument("--ema", type=probability, help="average the weights: the per-step decay of an exponential "
+                   "moving average (e.g. 0.99: about the last 100 steps); validation, the best choice and the saved "
+                   "model use the average, resuming continues the training weights; 0: off")
     s = p.add_argument_group("image pretraining", "an image-only SimCLR phase before the contrastive epochs, on "
                              "the run's training images and any --pretrain-images folders (labels ignored)")
     s.add_argument("--pretrain-epochs", type=nonnegative_int, default=0, help="epochs of the phase (0: none); a "
@@ -678,11 +681,16 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
         groups = [g for g in model.parameter_groups(extra, args.logit_scale_lr)
                   if not (args.temperature > 0 and g["params"] == [model.logit_scale])]
     optimizer = make_optimizer(args, groups)
+    average = optim.WeightAverage(model, args.ema) if args.ema else None
     shuffle_rng = np.random.default_rng(args.seed)
     history, step = [], 0
     if resumed:
         with restoring(_resumed_from(args)):
-            model.load_state_dict(resumed["model"])
+            # With a weight average, "model" is the average (what evaluate reads) and "live_model" the
+            # weights training continues from.
+            model.load_state_dict(resumed.get("live_model", resumed["model"]))
+            if average is not None:
+                average.load_state_dict(resumed["model"], resumed["average_updates"])
             if ssl_head is not None:
                 ssl_head.load_state_dict(resumed["ssl_head"])
             optimizer.load_state_dict(resumed["optimizer"])
@@ -727,6 +735,8 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
                  "world_size": comm.size}
         if ssl_head is not None:
             state["ssl_head"] = ssl_head.state_dict()
+        if average is not None:
+            state.update(model=average.state_dict(), live_model=state["model"], average_updates=average.updates)
         return state
 
     start_epoch = len(history)
@@ -756,6 +766,8 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
                 optim.clip_grad_norm(optimizer.params, args.grad_clip)
             optimizer.step()
             model.clamp_logit_scale()
+            if average is not None:
+                average.update()
             step += 1
             losses.append(value)
             contrastive.append(part)
@@ -763,10 +775,11 @@ def _train(args, out: Path, resumed, log, comm) -> dict:
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         _check_divergence(model, epoch, contrastive, batch_chance, out, history)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-               **validate(model, images, ids, mask, objective.captions, val_idx, args.batch_size, comm),
-               "logit_scale": float(backend.to_numpy(model.logit_scale.data)[0]), "seconds": round(time.perf_counter() - t0, 2),
-               "lr": optimizer.lr}
+        with average.swapped_in() if average is not None else contextlib.nullcontext():  # the model saved
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                   **validate(model, images, ids, mask, objective.captions, val_idx, args.batch_size, comm),
+                   "logit_scale": float(backend.to_numpy(model.logit_scale.data)[0]),
+                   "seconds": round(time.perf_counter() - t0, 2), "lr": optimizer.lr}
         previous_best = min((selection_score(h, args.select) for h in history), default=math.inf)
         history.append(row)
         improved = selection_score(row, args.select) < previous_best
